@@ -1,0 +1,221 @@
+"""The ``invoice-vlm`` command: a thin map from subcommands to each stage's ``main``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+
+from .common import InvoiceVLMError, build_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune, evaluate and run vision-language models for invoice OCR.")
+err = Console(stderr=True)
+out = Console()
+
+SetOpt = typer.Option(None, "--set", help="override a config key: key=value (repeatable; sft.* for TRL settings)")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[[], object]) -> object:
+    """Run a stage: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        return fn()
+    except InvoiceVLMError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    return None
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Option(..., "--out", help="output dataset folder"),
+    n: int = typer.Option(100, "--n", help="number of invoices"),
+    seed: int = typer.Option(0, help="random seed"),
+    split: str = typer.Option("train=0.9,validation=0.05,test=0.05", help="split ratios"),
+    dpi: int = typer.Option(150, help="render resolution"),
+    locales: Optional[str] = typer.Option(None, help="comma list of locales"),
+    layouts: Optional[str] = typer.Option(None, help="comma list of layout families"),
+    max_items: Optional[int] = typer.Option(None, help="most line items per invoice"),
+    overwrite: bool = typer.Option(False, help="replace an existing dataset folder"),
+) -> None:
+    """Generate synthetic invoices (imagefolder layout: images + metadata.jsonl per split)."""
+    from . import synth as stage
+
+    def go():
+        cfg = build_config(stage.SynthConfig, overrides=dict(
+            out=str(out_dir), n=n, seed=seed, split=split, dpi=dpi, locales=locales, layouts=layouts,
+            max_items=max_items, overwrite=overwrite))
+        path = stage.main(cfg)
+        out.print(f"wrote {cfg.n} invoices to {path}")
+
+    _guard(go)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (configs/<model>/<method>.yaml)"),
+    data: Optional[str] = typer.Option(None, help="dataset folder"),
+    model: Optional[str] = typer.Option(None, help="base model folder or hub id"),
+    name: Optional[str] = typer.Option(None, help="run name (output: runs/<name>)"),
+    output_root: Optional[str] = typer.Option(None, help="folder for runs"),
+    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+    resume: bool = typer.Option(False, help="continue from the run's last checkpoint"),
+    sets: Optional[list[str]] = SetOpt,
+) -> None:
+    """Fine-tune a model with TRL's SFTTrainer."""
+    from . import train as stage
+
+    def go():
+        overrides = dict(data=data, model=model, name=name, output_root=output_root,
+                         resume=resume or None)
+        if max_steps is not None:
+            overrides["sft.max_steps"] = max_steps
+        cfg = stage.load_config(str(config) if config else None, overrides, sets)
+        run_dir = stage.main(cfg)
+        out.print(f"run folder: {run_dir}  (model: {run_dir / 'model'})")
+
+    _guard(go)
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Option(..., help="model folder or hub id"),
+    data: str = typer.Option(..., help="dataset folder"),
+    split: str = typer.Option("test", help="split to evaluate"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder"),
+    batch_size: int = typer.Option(8, help="pages per forward pass"),
+    max_new_tokens: int = typer.Option(0, help="0: sized from the references"),
+    limit: int = typer.Option(0, help="only the first N samples"),
+) -> None:
+    """Generate over a dataset split; write bleu.json, ter.json, metrics.json, predictions.jsonl."""
+    from . import evaluate as stage
+
+    def go():
+        cfg = stage.EvalConfig(model=model, data=data, split=split, out=str(out_dir or ""), batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, limit=limit)
+        scores = stage.main(cfg)
+        _print_scores(scores)
+
+    _guard(go)
+
+
+@app.command()
+def predict(
+    files: list[Path] = typer.Argument(..., help="image files"),
+    model: str = typer.Option(..., help="model folder or hub id"),
+    batch_size: int = typer.Option(8, help="pages per forward pass"),
+    max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
+    prompt: str = typer.Option("ocr", help="task prompt"),
+) -> None:
+    """Transcribe image files and print the text of each."""
+    from .data import open_image
+    from .infer import Predictor
+
+    def go():
+        images, names, failed = [], [], 0
+        for f in files:
+            try:
+                images.append(open_image(f))
+                names.append(f)
+            except InvoiceVLMError as e:
+                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                failed += 1
+        if images:
+            predictor = Predictor.from_pretrained(model, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            for name, text in zip(names, predictor.predict_iter(images, prompt)):
+                if len(files) > 1:
+                    typer.echo(f"==> {name} <==")
+                typer.echo(text)  # plain: the output is meant for pipes, so no Rich wrapping
+        if failed:
+            raise typer.Exit(1)
+
+    _guard(go)
+
+
+@app.command("init-model")
+def init_model(
+    out_dir: Path = typer.Option(..., "--out", help="output folder"),
+    variant: str = typer.Option("paligemma", help="paligemma or paligemma2"),
+    seed: int = typer.Option(0, help="random seed for the weights"),
+) -> None:
+    """Build a random tiny PaliGemma with the project's tokenizer and processor; save it like a hub checkpoint."""
+    from .models import TinyModelConfig, count_parameters, create_tiny, load
+
+    def go():
+        cfg = build_config(TinyModelConfig, overrides={"variant": variant, "seed": seed})
+        path = create_tiny(out_dir, cfg)
+        model, _ = load(path)
+        out.print(f"wrote {path} ({count_parameters(model) / 1e6:.1f}M parameters)")
+
+    _guard(go)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("."), help="where data/ and runs/ are written"),
+    n: int = typer.Option(400, help="synthetic invoices to generate"),
+    max_steps: int = typer.Option(120, help="fine-tuning steps"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """The main job: generate invoices, fine-tune the tiny model, evaluate on the test split, print BLEU/TER."""
+    from . import evaluate, synth
+    from . import train as train_stage
+
+    def go():
+        t0 = time.time()
+        data_dir, run_root = workdir / "data" / "demo", workdir / "runs"
+        out.rule("1/3 synthetic invoices")
+        synth.main(synth.SynthConfig(out=str(data_dir), n=n, seed=seed, dpi=100, overwrite=True,
+                                     split="train=0.9,validation=0.025,test=0.075"))
+        out.rule("2/3 fine-tuning")
+        shutil.rmtree(run_root / "demo", ignore_errors=True)
+        cfg = train_stage.load_config(str(_config_path("tiny/full.yaml")),
+                                      {"data": str(data_dir), "name": "demo", "output_root": str(run_root),
+                                       "seed": seed, "sft.max_steps": max_steps})
+        run_dir = train_stage.main(cfg)
+        out.rule("3/3 evaluation on the test split")
+        scores = evaluate.main(evaluate.EvalConfig(model=str(run_dir / "model"), data=str(data_dir),
+                                                   split="test", out=str(run_dir / "eval-test")))
+        _print_scores(scores)
+        out.print(f"run folder: {run_dir}   ({time.time() - t0:.0f} s)")
+
+    _guard(go)
+
+
+def _config_path(rel: str) -> Path:
+    """Shipped configs live in the repository's configs/ folder (next to the package in a source checkout)."""
+    here = Path(__file__).resolve().parent.parent / "configs" / rel
+    if not here.is_file():
+        raise InvoiceVLMError(f"{here}: shipped config not found (run from a source checkout)")
+    return here
+
+
+def _print_scores(scores: dict) -> None:
+    out.print("bleu.json")
+    out.print_json(json.dumps(scores["bleu"]))
+    out.print("ter.json")
+    out.print_json(json.dumps(scores["ter"]))
+    out.print(f"CER {scores['cer']:.4f}  WER {scores['wer']:.4f}  chrF {scores['chrf']:.2f}  "
+              f"exact match {scores['exact_match']:.3f}  ({scores['num_samples']} pages)")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

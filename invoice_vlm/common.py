@@ -1,0 +1,230 @@
+"""What every stage shares: the user-facing error, dataclass configs from YAML + overrides, atomic output.
+
+Config precedence follows litgpt/TRL: dataclass defaults < YAML file < ``--set key=value`` flags. Unknown keys
+and values of the wrong type fail before any work starts, naming the file (or flag) and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import types
+import typing
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+
+class InvoiceVLMError(Exception):
+    """A problem with the user's input or environment; the CLI prints it as one line, without a traceback."""
+
+
+# --------------------------------------------------------------------------------------------- configs
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check (and gently convert) one config value against its dataclass annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except InvoiceVLMError as e:
+                errors.append(str(e))
+        raise InvoiceVLMError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise InvoiceVLMError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise InvoiceVLMError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise InvoiceVLMError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise InvoiceVLMError(f"{where}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise InvoiceVLMError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise InvoiceVLMError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "1e-3" as a string
+            except ValueError:
+                pass
+        raise InvoiceVLMError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise InvoiceVLMError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as YAML so ``3``, ``1e-4``, ``true`` work."""
+    if "=" not in item:
+        raise InvoiceVLMError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_nested(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InvoiceVLMError(f"--set {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InvoiceVLMError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise InvoiceVLMError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvoiceVLMError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def build_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                 sets: list[str] | None = None) -> Any:
+    """Instantiate dataclass ``cls`` from defaults, then the YAML at ``path``, then ``overrides``/``sets``."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    source = str(path) if path else "config"
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_nested(data, key, value)
+    for item in sets or []:
+        key, value = parse_override(item)
+        _set_nested(data, key, value)
+    return from_dict(cls, data, source)
+
+
+def from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise InvoiceVLMError(
+                f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})"
+            )
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise InvoiceVLMError(f"{source}: {key} must be a mapping")
+            kwargs[key] = from_dict(annotation, value, f"{source}: {key}")
+        else:
+            kwargs[key] = _coerce(value, annotation, f"{source}: {key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise InvoiceVLMError(f"{source}: {e}") from None
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def staged_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a sibling staging folder and move it to ``final`` only when the block succeeds.
+
+    A crash or Ctrl-C leaves ``final`` as it was (absent or the previous complete result), never half written.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise InvoiceVLMError(f"{final}: already exists")
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(stage, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, final)
+
+
+def environment_info() -> dict[str, str]:
+    """Library versions recorded next to every run's results."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("invoice-vlm", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+                 "tokenizers", "sacrebleu", "jiwer", "Pillow", "Faker"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["argv"] = " ".join(sys.argv)
+    return versions

@@ -1,0 +1,107 @@
+"""Every command through the real entry point, on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from invoice_vlm.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_synth_train_eval_predict(tmp_path, tiny_model, text_dataset):
+    r = invoke("synth", "--out", tmp_path / "synth", "--n", 6, "--dpi", 40, "--split", "train=0.5,test=0.5")
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "synth" / "test" / "metadata.jsonl").read_text().splitlines()) == 3
+
+    r = invoke("train", "--config", "configs/tiny/full.yaml", "--data", text_dataset, "--model", tiny_model,
+               "--name", "cli", "--output-root", tmp_path / "runs", "--max-steps", 3,
+               "--set", "sft.report_to=none", "--set", "sft.per_device_train_batch_size=2")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "cli"
+    assert (run / "model" / "model.safetensors").is_file()
+    assert json.loads((run / "run.json").read_text())["sft"]["max_steps"] == 3
+
+    r = invoke("eval", "--model", run / "model", "--data", tmp_path / "synth", "--out", tmp_path / "ev",
+               "--max-new-tokens", 5)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ev" / "bleu.json").read_text()).keys() == {
+        "bleu", "precisions", "brevity_penalty", "length_ratio", "translation_length", "reference_length"}
+    assert json.loads((tmp_path / "ev" / "ter.json").read_text()).keys() == {"score", "num_edits", "ref_length"}
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert {"cer", "wer", "chrf", "signatures"} <= metrics.keys()
+    preds = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert [p.keys() for p in preds] == [{"id", "reference", "prediction"}] * 3
+    assert '"translation_length"' in r.output and '"num_edits"' in r.output
+
+    images = sorted((text_dataset / "test").glob("*.png"))
+    r = invoke("predict", "--model", run / "model", "--max-new-tokens", 4, *images)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("==> ") == 2
+
+
+def test_init_model(tmp_path):
+    r = invoke("init-model", "--out", tmp_path / "m", "--variant", "paligemma2")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["architectures"] == ["PaliGemmaForConditionalGeneration"]
+    assert cfg["text_config"]["model_type"] == "gemma2"
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    r = invoke("demo", "--workdir", tmp_path, "--n", 16, "--max-steps", 2)
+    assert r.exit_code == 0, r.output
+    assert '"bleu"' in r.output and '"score"' in r.output
+    assert (tmp_path / "runs" / "demo" / "eval-test" / "bleu.json").is_file()
+    assert (tmp_path / "runs" / "demo" / "run.json").is_file()
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda d: (d / "train" / "metadata.jsonl").write_text('{"file_name": "0000.png", "text": "x"}\n{oops\n'),
+     r"train/metadata.jsonl:2: not valid JSON"),
+    (lambda d: (d / "train" / "0000.png").write_bytes(b"not a png"), r"0000.png: image does not open"),
+    (lambda d: (d / "train" / "metadata.jsonl").write_text('{"file_name": "0000.png", "text": ""}\n'),
+     r"empty target"),
+])
+def test_train_bad_input_is_one_line_and_writes_no_model(tmp_path, tiny_model, text_dataset, damage, expected):
+    import re
+
+    damage(text_dataset)
+    r = invoke("train", "--data", text_dataset, "--model", tiny_model, "--name", "bad",
+               "--output-root", tmp_path / "runs", "--max-steps", 1)
+    assert re.search(expected, one_line_error(r))
+    assert not (tmp_path / "runs" / "bad" / "model").exists()
+
+
+def test_eval_missing_dataset_and_predict_bad_image(tmp_path, tiny_model, text_dataset):
+    r = invoke("eval", "--model", tiny_model, "--data", tmp_path / "nothing", "--out", tmp_path / "ev")
+    assert "nothing: dataset folder not found" in one_line_error(r)
+    assert not (tmp_path / "ev").exists()
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    good = sorted((text_dataset / "test").glob("*.png"))[0]
+    r = invoke("predict", "--model", tiny_model, "--max-new-tokens", 2, bad, good)
+    assert r.exit_code == 1
+    assert "bad.png: image does not open" in r.stderr
+    assert f"==> {good} <==" in r.output  # the good file was still transcribed
+
+
+def test_unknown_config_key_is_one_line(tmp_path, text_dataset):
+    r = invoke("train", "--data", text_dataset, "--set", "sft.lr=3")
+    assert "sft.lr is not a TRL SFTConfig setting" in one_line_error(r)
