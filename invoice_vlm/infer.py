@@ -1,24 +1,16 @@
 """Batched greedy inference: the one engine behind ``predict``, ``eval`` and (later) the server.
 
-It knows nothing about files formats beyond PIL images, and nothing about HTTP.
+It takes PIL images and returns strings: it knows nothing about files or HTTP.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
 
 DEFAULT_PROMPT = "ocr"
-
-
-@dataclass
-class GenerationConfig:
-    prompt: str = DEFAULT_PROMPT
-    max_new_tokens: int = 512
-    batch_size: int = 8
 
 
 class Predictor:
