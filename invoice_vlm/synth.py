@@ -511,6 +511,6 @@ def main(cfg: SynthConfig) -> Path:
                 index += 1
                 progress.advance(task)
             write_split(folder, samples)
-        write_json(stage / "dataset.json", {"generator": "invoice_vlm.synth", "config": vars(cfg) | {},
+        write_json(stage / "dataset.json", {"generator": "invoice_vlm.synth", "config": vars(cfg),
                                             "splits": counts, "environment": environment_info()})
     return out

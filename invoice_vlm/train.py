@@ -38,6 +38,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "bf16": False,
     "gradient_checkpointing": False,
     "dataloader_num_workers": 0,
+    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning without a GPU only warns
 }
 
 
