@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .common import InvoiceVLMError, build_config
 
@@ -24,8 +25,12 @@ SetOpt = typer.Option(None, "--set", help="override a config key: key=value (rep
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _error_line(message)
     raise typer.Exit(code)
+
+
+def _error_line(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _guard(fn: Callable[[], object]) -> object:
@@ -131,7 +136,7 @@ def predict(
                 images.append(open_image(f))
                 names.append(f)
             except InvoiceVLMError as e:
-                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                _error_line(str(e))
                 failed += 1
         if images:
             predictor = Predictor.from_pretrained(model, max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -26,6 +26,8 @@ from PIL import Image, UnidentifiedImageError
 from .common import InvoiceVLMError
 
 SPLITS = ("train", "validation", "test")
+# What Pillow raises for a file that is not an image, is truncated or corrupt, or is a decompression bomb.
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 METADATA = "metadata.jsonl"
 
 
@@ -121,7 +123,7 @@ def check_image(path: Path, where: str | None = None) -> None:
     try:
         with Image.open(path) as im:
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except _IMAGE_ERRORS as e:
         raise InvoiceVLMError(f"{prefix}{path}: image does not open ({e.__class__.__name__}: {e})") from None
 
 
@@ -134,7 +136,7 @@ def open_image(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except _IMAGE_ERRORS as e:
         raise InvoiceVLMError(f"{path}: image does not open ({e.__class__.__name__}: {e})") from None
 
 

@@ -159,7 +159,7 @@ def load(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype or torch.float32,
                                                             use_safetensors=True,
                                                             trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing files, no safetensors, offline hub, unreadable config
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InvoiceVLMError(f"{name}: cannot load model ({first})") from None
     if device:

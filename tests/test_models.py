@@ -79,3 +79,19 @@ def test_batched_prediction_equals_one_by_one(tiny_model):
     batched = Predictor(model, processor, max_new_tokens=6, batch_size=4).predict(images)
     single = [Predictor(model, processor, max_new_tokens=6, batch_size=1).predict([im])[0] for im in images]
     assert batched == single
+
+
+def test_folder_with_broken_config_or_pickle_weights_is_one_line(tmp_path, tiny_model):
+    import shutil
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(InvoiceVLMError, match=r"broken: cannot load model"):
+        load(broken)
+    # weights only as a pickle (.bin): refused, safetensors only
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(InvoiceVLMError, match=r"pickled: cannot load model"):
+        load(pickled)
