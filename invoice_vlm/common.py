@@ -167,14 +167,6 @@ def from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
         raise InvoiceVLMError(f"{source}: {e}") from None
 
 
-def config_to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
-
 # --------------------------------------------------------------------------------------------- outputs
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import torch
 from PIL import Image
 
 from invoice_vlm.models import load

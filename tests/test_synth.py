@@ -42,7 +42,7 @@ def test_same_seed_same_dataset(dataset, tmp_path):
     assert (other / "train" / "metadata.jsonl").read_text() != (dataset / "train" / "metadata.jsonl").read_text()
 
 
-def test_loads_with_hf_imagefolder(dataset, tmp_path, monkeypatch):
+def test_loads_with_hf_imagefolder(dataset, tmp_path):
     import datasets
 
     ds = datasets.load_dataset("imagefolder", data_dir=str(dataset), cache_dir=str(tmp_path / "cache"))

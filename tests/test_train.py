@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from invoice_vlm import evaluate, train
+from invoice_vlm import train
 from invoice_vlm.common import InvoiceVLMError
 from invoice_vlm.data import open_image, read_split
 from invoice_vlm.infer import Predictor
