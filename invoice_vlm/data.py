@@ -10,6 +10,9 @@ data_dir=DIR)`` reads it as well::
       validation/...
       test/...
 
+A split may also be sharded: ``train/00000/metadata.jsonl``, ``train/00001/...`` (each ``file_name`` relative to
+its own metadata file), as the synthetic generator writes it; imagefolder reads that too.
+
 ``text`` is the page transcription in reading order: rows top to bottom, each row left to right, runs joined
 by one space, rows by a newline. Every stage reads and writes :class:`Sample`.
 """
@@ -62,9 +65,29 @@ def write_split(folder: Path, samples: Iterable[Sample]) -> int:
     return n
 
 
+def metadata_files(folder: Path) -> list[Path]:
+    """The split's metadata file, or its shards' metadata files in order."""
+    if (folder / METADATA).is_file():
+        return [folder / METADATA]
+    return sorted(folder.glob(f"*/{METADATA}"))
+
+
 def available_splits(root: str | Path) -> list[str]:
     root = Path(root)
-    return [s for s in SPLITS if (root / s / METADATA).is_file()]
+    return [s for s in SPLITS if metadata_files(root / s)]
+
+
+def _check_complete(root: Path) -> None:
+    manifest = root / "dataset.json"
+    if not manifest.is_file():
+        return
+    try:
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvoiceVLMError(f"{manifest}: not valid JSON ({e})") from None
+    if isinstance(info, dict) and info.get("complete") is False:
+        raise InvoiceVLMError(f"{root}: dataset is incomplete (its generation was interrupted); run the same "
+                              "synth command again to finish it")
 
 
 def read_split(root: str | Path, split: str, check_images: bool = True,
@@ -75,14 +98,25 @@ def read_split(root: str | Path, split: str, check_images: bool = True,
         raise InvoiceVLMError(f"{root}: dataset folder not found")
     if not root.is_dir():
         raise InvoiceVLMError(f"{root}: not a folder")
+    _check_complete(root)
     folder = root / split
-    meta_path = folder / METADATA
-    if not meta_path.is_file():
+    files = metadata_files(folder)
+    if not files:
         found = available_splits(root)
         hint = f" (splits here: {', '.join(found)})" if found else " (no split folders with metadata.jsonl here)"
-        raise InvoiceVLMError(f"{meta_path}: not found{hint}")
+        raise InvoiceVLMError(f"{folder / METADATA}: not found{hint}")
     samples: list[Sample] = []
     seen: set[str] = set()
+    for meta_path in files:
+        samples.extend(_read_metadata(meta_path, seen, check_images, require_text))
+    if not samples:
+        raise InvoiceVLMError(f"{files[0]}: no samples")
+    return samples
+
+
+def _read_metadata(meta_path: Path, seen: set[str], check_images: bool, require_text: bool) -> list[Sample]:
+    folder = meta_path.parent
+    samples: list[Sample] = []
     with open(meta_path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -111,8 +145,6 @@ def read_split(root: str | Path, split: str, check_images: bool = True,
                 check_image(image, where)
             samples.append(Sample(id=sid, image=image, text=text, fields=row.get("fields") or {},
                                   qa=row.get("qa") or [], meta=row.get("meta") or {}))
-    if not samples:
-        raise InvoiceVLMError(f"{meta_path}: no samples")
     return samples
 
 
@@ -150,3 +182,48 @@ def to_hf_dataset(samples: list[Sample]):
         "text": [s.text for s in samples],
     })
     return ds.cast_column("image", datasets.Image())
+
+
+def pdf_text(path: str | Path, page: int = 0) -> str:
+    """The text layer of one PDF page in reading order: characters grouped into rows by baseline, rows top to
+    bottom, each row left to right; a gap wider than a fifth of the type size becomes one space."""
+    import ctypes
+
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as raw
+
+    path = Path(path)
+    try:
+        pdf = pdfium.PdfDocument(str(path))
+    except (pdfium.PdfiumError, OSError) as e:
+        raise InvoiceVLMError(f"{path}: PDF does not open ({e})") from None
+    try:
+        if not 0 <= page < len(pdf):
+            raise InvoiceVLMError(f"{path}: no page {page + 1} (the PDF has {len(pdf)})")
+        tp = pdf[page].get_textpage()
+        x, y = ctypes.c_double(), ctypes.c_double()
+        chars = []  # (baseline, x, right edge, size, char)
+        for i in range(tp.count_chars()):
+            if raw.FPDFText_IsGenerated(tp.raw, i):  # pdfium's guessed spaces and line breaks
+                continue
+            ch = chr(raw.FPDFText_GetUnicode(tp.raw, i))
+            if ch in "\r\n\x00":
+                continue
+            raw.FPDFText_GetCharOrigin(tp.raw, i, x, y)
+            right = tp.get_charbox(i, loose=True)[2]
+            chars.append((round(y.value, 1), x.value, right, raw.FPDFText_GetFontSize(tp.raw, i), ch))
+    finally:
+        pdf.close()
+    rows: dict[float, list] = {}
+    for c in chars:
+        rows.setdefault(c[0], []).append(c)
+    lines = []
+    for base in sorted(rows, reverse=True):  # PDF y grows upwards
+        out, prev_right = [], None
+        for _, cx, right, size, ch in sorted(rows[base], key=lambda c: c[1]):
+            if prev_right is not None and cx - prev_right > 0.2 * size and out and out[-1] != " " and ch != " ":
+                out.append(" ")
+            out.append(ch)
+            prev_right = right if ch != " " else max(prev_right or right, right)
+        lines.append(" ".join("".join(out).split()))
+    return "\n".join(line for line in lines if line)
