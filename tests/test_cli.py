@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from invoice_vlm.cli import app
+from invoice_vlm.data import read_split
 
 runner = CliRunner()
 
@@ -25,9 +26,11 @@ def one_line_error(result) -> str:
 
 
 def test_synth_train_eval_predict(tmp_path, tiny_model, text_dataset):
-    r = invoke("synth", "--out", tmp_path / "synth", "--n", 6, "--dpi", 40, "--split", "train=0.5,test=0.5")
+    r = invoke("synth", "--out", tmp_path / "synth", "--n", 6, "--dpi", 40, "--split", "train=0.5,test=0.5",
+               "--max-items", 3, "--workers", 2, "--shard-size", 2)
     assert r.exit_code == 0, r.output
-    assert len((tmp_path / "synth" / "test" / "metadata.jsonl").read_text().splitlines()) == 3
+    assert len(read_split(tmp_path / "synth", "test")) == 3  # 3 short invoices: one page each
+    assert sorted(p.name for p in (tmp_path / "synth" / "test").iterdir()) == ["00000", "00001"]
 
     r = invoke("train", "--config", "configs/tiny/full.yaml", "--data", text_dataset, "--model", tiny_model,
                "--name", "cli", "--output-root", tmp_path / "runs", "--max-steps", 3,
@@ -105,3 +108,26 @@ def test_eval_missing_dataset_and_predict_bad_image(tmp_path, tiny_model, text_d
 def test_unknown_config_key_is_one_line(tmp_path, text_dataset):
     r = invoke("train", "--data", text_dataset, "--set", "sft.lr=3")
     assert "sft.lr is not a TRL SFTConfig setting" in one_line_error(r)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--augment", "blurry"], "unknown augmentation preset 'blurry'"),
+    (["--locales", "en_US,xx_XX"], "unknown locale 'xx_XX'"),
+    (["--split", "train=0.9,dev=0.1"], "unknown split 'dev'"),
+    (["--n", 0], "n must be positive"),
+])
+def test_synth_bad_settings_are_one_line(tmp_path, args, expected):
+    r = invoke("synth", "--out", tmp_path / "ds", *args)
+    assert expected in one_line_error(r)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_synth_refuses_a_folder_with_other_content(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    r = invoke("synth", "--out", folder, "--n", 2, "--dpi", 40)
+    assert "holds no synthetic dataset" in one_line_error(r)
+    r = invoke("synth", "--out", folder, "--n", 2, "--dpi", 40, "--overwrite")
+    assert "holds no synthetic dataset" in one_line_error(r)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import unicodedata
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -83,7 +84,8 @@ def make_invoice(rng: random.Random, loc: Locale, max_items: int = 30, hours: bo
     vendor = _clean(fake.company())
     customer = _clean(fake.name() if rng.random() < 0.35 else fake.company())
     symbol_printed = loc.symbol if amount_style == "symbol" else loc.currency
-    domain = "".join(ch for ch in vendor.lower() if ch.isalnum())[:14] or "example"
+    ascii_name = unicodedata.normalize("NFKD", vendor.lower()).encode("ascii", "ignore").decode()
+    domain = "".join(ch for ch in ascii_name if ch.isalnum())[:14] or "example"
     return {
         "invoice_number": number,
         "date": format_date(issued, loc, date_pattern),

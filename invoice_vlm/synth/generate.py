@@ -161,10 +161,26 @@ def generate_invoice(seed: int, index: int, cfg: SynthConfig) -> Invoice:
         except LayoutOverflow:
             st.size *= 0.92
             continue
-        if all(0 <= r.x and r.x + r.width <= p.width for p in pages for r in p.runs):
+        if all(_fits(p) for p in pages):
             return Invoice(index, pages, inv, st, layout, loc.code)
         st.size *= 0.92
     raise RuntimeError(f"invoice {index} (seed {seed}, layout {layout}): could not fit the page")
+
+
+def _fits(page: Page) -> bool:
+    """Every run inside the page and clear of its neighbours on the same row (a long address beside another
+    column, say); the full check, :func:`check_page`, is quadratic and runs in the tests."""
+    rows: dict[float, list] = {}
+    for r in page.runs:
+        if r.x < 0 or r.x + r.width > page.width:
+            return False
+        rows.setdefault(round(r.y, 2), []).append(r)
+    for row in rows.values():
+        row.sort(key=lambda r: r.x)
+        for a, b in zip(row, row[1:]):
+            if b.x - (a.x + a.width) < 0.2 * min(a.size, b.size):
+                return False
+    return True
 
 
 def invoice_records(inv: Invoice, cfg: SynthConfig, folder: Path) -> list[dict[str, Any]]:

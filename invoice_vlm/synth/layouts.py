@@ -119,8 +119,8 @@ class Doc:
         text = self.loc.w(key)
         if self.st.upper_labels:
             text = text.upper()
-        if self.st.colon if colon is None else colon:
-            text = text.rstrip(":") + ":"
+        if (self.st.colon if colon is None else colon) and not text.endswith("."):  # never "No.:"
+            text = text + ":"
         return text
 
     def new_page(self) -> None:
@@ -181,6 +181,44 @@ class Doc:
                 lab, val, f = items[i]
                 cells += [C(lab, x, bold=True), C(val, value_x, align, field=f)]
             self.row(cells)
+
+    def slots(self, widths: list[float], x0: float | None = None, x1: float | None = None,
+              gap: float = 12.0) -> list[float] | None:
+        """Left edges for side-by-side items of these widths: evenly spread when there is room, packed when
+        tight, None when they do not fit on one row."""
+        x0 = self.left if x0 is None else x0
+        x1 = self.right if x1 is None else x1
+        span = x1 - x0
+        if sum(widths) + gap * (len(widths) - 1) > span:
+            return None
+        even = span / len(widths)
+        if all(w + gap <= even for w in widths[:-1]) and widths[-1] <= even:
+            return [x0 + i * even for i in range(len(widths))]
+        xs, x = [], x0
+        for w in widths:
+            xs.append(x)
+            x += w + gap
+        return xs
+
+    def inline(self, texts: list[tuple[str, str | None]], bold: bool = False) -> None:
+        """Items on one row if they fit, else one per row."""
+        xs = self.slots([self.width(t, bold) for t, _ in texts])
+        if xs is None:
+            for t, f in texts:
+                self.row([C(t, self.left, bold=bold, field=f)])
+        else:
+            self.row([C(t, x, bold=bold, field=f) for (t, f), x in zip(texts, xs)])
+
+    def label_value_grid(self, items: list[tuple[str, str, str | None]], pad: float = 0.0,
+                         label_scale: float = 1.0) -> bool:
+        """Labels on one row, values under them; False (nothing placed) when they do not fit across."""
+        widths = [max(self.width(lab, True, label_scale), self.width(val)) for lab, val, _ in items]
+        xs = self.slots(widths, self.left + pad, self.right - pad)
+        if xs is None:
+            return False
+        self.row([C(lab, x, bold=True, scale=label_scale) for (lab, _, _), x in zip(items, xs)])
+        self.row([C(val, x, field=f) for (_, val, f), x in zip(items, xs)])
+        return True
 
     # ------------------------------------------------------------- blocks
 
@@ -312,7 +350,7 @@ class Doc:
         boxed = self.st.total_boxed if boxed is None else boxed
         label_x = label_x if label_x is not None else self.right - 0.22 * (self.right - self.left)
         lines = [(self.label("subtotal"), inv["subtotal"], "subtotal"),
-                 (f"{self.label('tax', False)} {inv['tax_rate']} %".rstrip() + (":" if self.st.colon else ""),
+                 (f"{self.label('tax', False)} {inv['tax_rate']}{self.loc.percent}" + (":" if self.st.colon else ""),
                   inv["tax"], "tax"),
                  (self.label("total"), inv["total"], "total")]
         self.need(len(lines) * self.lh(1.15) + 8)
@@ -420,16 +458,19 @@ class Doc:
             p.shapes.append(Shape("ellipse", (x + size * .3, top + size * .3, x + size, top + size), None, col))
 
     def footer_lines(self) -> list[list[C]]:
-        inv = self.inv
-        s = 0.8
-        thirds = [self.left, self.left + (self.right - self.left) / 3, self.left + 2 * (self.right - self.left) / 3]
-        a = [C(inv["vendor"], thirds[0], scale=s, bold=True)] + \
-            [C(line, thirds[0], scale=s) for line in inv["vendor_address"][:2]]
-        b = [C(f"{self.label('phone', True)} {inv['phone']}", thirds[1], scale=s), C(inv["email"], thirds[1], scale=s),
-             C(f"{self.label('vat_id', True)} {inv['vat_id']}", thirds[1], scale=s)]
-        c = [C(inv["bank_name"], thirds[2], scale=s), C(f"{self.label('iban', True)} {inv['iban']}", thirds[2], scale=s),
-             C(f"{self.label('bic', True)} {inv['bic']}", thirds[2], scale=s)]
-        return [a, b, c]
+        """Company, contact and bank columns in small type; columns that do not fit side by side are dropped."""
+        inv, s = self.inv, 0.8
+        cols = [[(inv["vendor"], True)] + [(line, False) for line in inv["vendor_address"][:2]],
+                [(f"{self.label('phone', True)} {inv['phone']}", False), (inv["email"], False),
+                 (f"{self.label('vat_id', True)} {inv['vat_id']}", False)],
+                [(inv["bank_name"], False), (f"{self.label('iban', True)} {inv['iban']}", False),
+                 (f"{self.label('bic', True)} {inv['bic']}", False)]]
+        for keep in ([0, 1, 2], [0, 2], [0]):
+            chosen = [cols[k] for k in keep]
+            xs = self.slots([max(self.width(t, b, s) for t, b in col) for col in chosen])
+            if xs is not None:
+                return [[C(t, x, bold=b, scale=s) for t, b in col] for col, x in zip(chosen, xs)]
+        return [[C(t, self.left, bold=b, scale=s) for t, b in cols[0][:1]]]
 
     def finish(self) -> list[Page]:
         """Footers and page numbers, once the page count is known."""
@@ -538,8 +579,7 @@ def banner(doc: Doc) -> None:
                  doc.customer_lines(mid)])
     doc.space(1)
     meta = doc.meta_items(extra=False)
-    doc.row([C(f"{lab} {val}", x, field=f) for (lab, val, f), x in
-             zip(meta, (doc.left, doc.left + (doc.right - doc.left) * 0.36, doc.left + (doc.right - doc.left) * 0.68))])
+    doc.inline([(f"{lab} {val}", f) for lab, val, f in meta])
     doc.space(1)
     doc.table()
     doc.totals()
@@ -568,10 +608,9 @@ def header_band(doc: Doc) -> None:
     doc.columns([doc.customer_lines(doc.left), ship if doc.rng.random() < 0.6 else []])
     doc.space(1)
     meta = doc.meta_items()
-    span = (doc.right - doc.left) / len(meta)
     top = doc.y
-    doc.row([C(lab, doc.left + i * span + 4, bold=True) for i, (lab, _, _) in enumerate(meta)])
-    doc.row([C(val, doc.left + i * span + 4, field=f) for i, (_, val, f) in enumerate(meta)])
+    if not doc.label_value_grid(meta, pad=4) and not doc.label_value_grid(meta[:3], pad=4):
+        doc.kv_rows(meta, doc.left + 4, doc.left + 0.4 * (doc.right - doc.left))
     doc.page.rect(doc.left, top, doc.right, doc.y, width=0.6)
     doc.space(1)
     doc.table()
@@ -718,9 +757,8 @@ def modern(doc: Doc) -> None:
         doc.row([c])
     doc.space(1)
     meta = doc.meta_items()
-    span = (doc.right - doc.left) / len(meta)
-    doc.row([C(lab, doc.left + i * span, bold=True, scale=0.85) for i, (lab, _, _) in enumerate(meta)])
-    doc.row([C(val, doc.left + i * span, field=f) for i, (_, val, f) in enumerate(meta)])
+    if not doc.label_value_grid(meta, label_scale=0.85) and not doc.label_value_grid(meta[:3], label_scale=0.85):
+        doc.kv_rows(meta, doc.left, doc.left + 0.4 * (doc.right - doc.left))
     doc.space(1.2)
     doc.table("plain" if doc.rng.random() < 0.5 else "zebra")
     doc.totals(boxed=False)
@@ -784,8 +822,7 @@ def two_party(doc: Doc) -> None:
              C(inv["invoice_number"], doc.right, "right", True, 1.8, "invoice_number", head=True)])
     doc.space(0.4)
     meta = doc.meta_items(extra=False)[1:]
-    doc.row([C(f"{lab} {val}", doc.left + i * 0.4 * (doc.right - doc.left), field=f)
-             for i, (lab, val, f) in enumerate(meta)])
+    doc.inline([(f"{lab} {val}", f) for lab, val, f in meta])
     if doc.st.barcode:
         doc.barcode(doc.right - 130, doc.y - doc.lh() + 2, 130, doc.lh() - 3)
     doc.space(1)

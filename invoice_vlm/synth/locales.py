@@ -24,6 +24,7 @@ class Locale:
     words: dict[str, str]
     products: tuple[str, ...]
     notes: tuple[str, ...]
+    percent: str = "%"  # French and German set a space before the percent sign
 
     def w(self, key: str) -> str:
         return self.words[key]
@@ -104,7 +105,7 @@ LOCALES: dict[str, Locale] = {
          "Projektleitung", "Kaffeebohnen", "Schreibtischlampe", "Netzwerkkabel", "Gebäudereinigung",
          "Jahreswartung", "Versandkosten", "Übersetzung", "Ersatzteile", "Fotografie", "Rechtsberatung"),
         ("Bitte geben Sie bei Zahlung die Rechnungsnummer an.", "Die Ware bleibt bis zur Bezahlung unser Eigentum.",
-         "Leistungsdatum entspricht dem Rechnungsdatum.")),
+         "Leistungsdatum entspricht dem Rechnungsdatum."), " %"),
     "fr_FR": Locale("fr_FR", "EUR", "€", False, " ", ",", ("%d/%m/%Y", "{day} %B %Y"), (
         "janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre", "octobre", "novembre",
         "décembre"), ("20", "10", "5,5"), "A4", dict(
@@ -122,7 +123,7 @@ LOCALES: dict[str, Locale] = {
          "Lampe de bureau", "Gestion de projet", "Câble USB-C", "Réparation", "Livraison", "Nettoyage des locaux",
          "Pièces détachées", "Traduction", "Installation sur site", "Abonnement annuel"),
         ("Pénalités de retard : trois fois le taux d'intérêt légal.", "Pas d'escompte pour paiement anticipé.",
-         "Merci d'indiquer le numéro de facture lors du règlement.")),
+         "Merci d'indiquer le numéro de facture lors du règlement."), " %"),
     "es_ES": Locale("es_ES", "EUR", "€", False, ".", ",", ("%d/%m/%Y", "{day} de %B de %Y", "%d-%m-%Y"), (
         "enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre",
         "noviembre", "diciembre"), ("21", "10", "4"), "A4", dict(
