@@ -34,3 +34,27 @@ def test_readme_commands_exist():
     for command in set(re.findall(r"(?:^|`)invoice-vlm ([a-z-]+)", text, flags=re.M)):
         result = CliRunner().invoke(app, [command, "--help"])
         assert result.exit_code == 0, command
+
+
+def test_readme_flags_exist():
+    """Every --flag the README shows on an invoice-vlm command line is one that command accepts."""
+    from typer.testing import CliRunner
+
+    from invoice_vlm.cli import app
+
+    text = README.read_text().replace("\\\n", " ")
+    checked = 0
+    for line in re.findall(r"^\s*invoice-vlm ([a-z-]+(?: [a-z-]+)?)([^\n]*)", text, flags=re.M):
+        words, rest = line
+        cmd = words.split()
+        if cmd[0] == "bench":
+            rest = " ".join(cmd[2:]) + rest
+            cmd = cmd[:2]
+        else:
+            rest = " ".join(cmd[1:]) + rest
+            cmd = cmd[:1]
+        helptext = CliRunner().invoke(app, [*cmd, "--help"], terminal_width=200).output
+        for flag in re.findall(r"(--[a-z][a-z-]*)", rest):
+            assert flag in helptext, (cmd, flag)
+            checked += 1
+    assert checked >= 10

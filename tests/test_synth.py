@@ -5,12 +5,10 @@ from __future__ import annotations
 import collections
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 

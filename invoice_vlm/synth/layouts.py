@@ -45,10 +45,6 @@ class Style:
     max_pages: int = 2
 
 
-_SERIF_MONO = {"DejaVuSerif", "LiberationSerif", "FreeSerif", "Caladea", "DejaVuSansMono", "LiberationMono",
-               "FreeMono"}
-
-
 def random_style(rng: random.Random, families: list[str] | None = None) -> Style:
     families = families or sorted(FONT_FAMILIES)
     family = rng.choice(families)
@@ -303,7 +299,7 @@ class Doc:
             if fill:
                 self.page.rect(x0, top, x1, top + lh, stroke=None, fill=fill)  # type: ignore[arg-type]
             cells = []
-            for (key, head, _, align), l, r in zip(cols, lefts, rights):
+            for (_, head, _, align), l, r in zip(cols, lefts, rights):
                 text = head.upper() if ups else head
                 cells.append(C(text, (r - pad) if align == "right" else (l + pad), align, True))
             self.row(cells, lh)
@@ -346,7 +342,7 @@ class Doc:
         self.space(0.5)
 
     def totals(self, label_x: float | None = None, boxed: bool | None = None) -> None:
-        inv, loc = self.inv, self.loc
+        inv = self.inv
         boxed = self.st.total_boxed if boxed is None else boxed
         label_x = label_x if label_x is not None else self.right - 0.22 * (self.right - self.left)
         lines = [(self.label("subtotal"), inv["subtotal"], "subtotal"),
@@ -717,8 +713,7 @@ def boxed(doc: Doc) -> None:
 
 
 def minimal(doc: Doc) -> None:
-    """Everything flush left, label: value lines, no rules; type often monospaced."""
-    inv = doc.inv
+    """Everything flush left, one label-value pair per line, no boxes."""
     doc.row([C(doc.loc.w("invoice"), doc.left, bold=True, scale=1.6, head=True)])
     doc.space(0.5)
     for c in doc.vendor_lines(doc.left, name_scale=1.0):
