@@ -296,12 +296,20 @@ def _prepare(cfg: SynthConfig) -> None:
 
 def main(cfg: SynthConfig, progress: bool = True) -> Path:
     """Generate (or finish) the dataset; returns its folder."""
+    check_fonts(cfg.font_list)
+    _prepare(cfg)
+    try:
+        return _generate(cfg, progress)
+    except KeyboardInterrupt:
+        raise InvoiceVLMError(f"{cfg.out}: interrupted; finished shards are kept, run the same command again to "
+                              "resume") from None
+
+
+def _generate(cfg: SynthConfig, progress: bool) -> Path:
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    check_fonts(cfg.font_list)
-    _prepare(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(cfg)
@@ -326,13 +334,21 @@ def main(cfg: SynthConfig, progress: bool = True) -> Path:
                 _faker(code)
             with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
                 pending = {pool.submit(write_shard, cfg, s): s for s in todo}
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                    for fut in done:
-                        s = pending.pop(fut)
-                        fut.result()  # re-raises a worker's error; finished shards stay for the next run
-                        bar.advance(task, s.stop - s.start)
-    pages = sum(1 for s in shards for _ in open(out / s.path / METADATA, encoding="utf-8"))
+                try:
+                    while pending:
+                        done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                        for fut in done:
+                            s = pending.pop(fut)
+                            fut.result()  # re-raises a worker's error; finished shards stay for the next run
+                            bar.advance(task, s.stop - s.start)
+                except BaseException:
+                    for fut in pending:  # an error or Ctrl-C: start nothing new
+                        fut.cancel()
+                    raise
+    pages = 0
+    for s in shards:
+        with open(out / s.path / METADATA, encoding="utf-8") as f:
+            pages += sum(1 for _ in f)
     manifest.update(complete=True, pages=pages, seconds=round(time.perf_counter() - t0, 2))
     write_json(out / MANIFEST, manifest)
     return out
