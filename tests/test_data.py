@@ -71,3 +71,20 @@ def test_staged_dir_leaves_nothing_on_failure(tmp_path):
         with staged_dir(final) as stage:
             raise RuntimeError("boom")
     assert (final / "a").read_text() == "1"
+
+
+def test_sharded_split_reads_in_shard_order_and_names_the_shard(text_dataset):
+    """A split cut into shard folders (train/00000/metadata.jsonl, ...) reads as one split."""
+    train = text_dataset / "train"
+    for k, name in enumerate(("0000.png", "0001.png")):
+        shard = train / f"{k:05d}"
+        shard.mkdir()
+        (train / name).rename(shard / name)
+        row = [r for r in map(json.loads, (train / "metadata.jsonl").read_text().splitlines())
+               if r["file_name"] == name][0]
+        (shard / "metadata.jsonl").write_text(json.dumps(row) + "\n")
+    (train / "metadata.jsonl").unlink()
+    assert [s.text for s in read_split(text_dataset, "train")] == ["AB 12", "€ 7,50"]
+    _append(train / "00001" / "metadata.jsonl", '{"file_name": "0001.png"}')
+    with pytest.raises(InvoiceVLMError, match=r"train/00001/metadata.jsonl:2: missing 'text'"):
+        read_split(text_dataset, "train")
