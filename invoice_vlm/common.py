@@ -213,7 +213,7 @@ def environment_info() -> dict[str, str]:
 
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in ("invoice-vlm", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
-                 "tokenizers", "sacrebleu", "jiwer", "Pillow", "Faker"):
+                 "tokenizers", "sacrebleu", "jiwer", "Pillow", "Faker", "reportlab", "segno", "pypdfium2", "numpy"):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
