@@ -107,6 +107,33 @@ def bench_synth(
     _guard(go)
 
 
+@bench_app.command("train")
+def bench_train(
+    steps: int = typer.Option(10, help="measured steps per variant (after the warm-up)"),
+    warmup: int = typer.Option(2, help="steps not measured"),
+    batch_size: int = typer.Option(8, help="pages per step"),
+) -> None:
+    """Training samples/s and peak memory: invoice-vlm's SFTTrainer step vs a plain PyTorch loop (and TRL's
+    default loss), same tiny PaliGemma, same batches."""
+    from rich.table import Table
+
+    from .train.bench import bench
+
+    def go():
+        rows = bench(steps=steps, warmup=warmup, batch_size=batch_size)
+        table = Table(title=f"invoice-vlm bench train (tiny PaliGemma, batch {batch_size}, {steps} steps, "
+                            f"{os.cpu_count()} CPUs)")
+        cols = ("variant", "samples_per_s", "vs_plain", "step_s", "peak_rss_mb", "data_wait_pct")
+        for col in cols:
+            table.add_column(col, justify="right")
+        for r in rows:
+            table.add_row(*(str(r[c]) for c in cols))
+        out.print(table)
+        out.print_json(json.dumps(rows))
+
+    _guard(go)
+
+
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (configs/<model>/<method>.yaml)"),
@@ -114,16 +141,22 @@ def train(
     model: Optional[str] = typer.Option(None, help="base model folder or hub id"),
     name: Optional[str] = typer.Option(None, help="run name (output: runs/<name>)"),
     output_root: Optional[str] = typer.Option(None, help="folder for runs"),
+    method: Optional[str] = typer.Option(None, help="full | lora | qlora"),
     max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+    eval_steps: Optional[int] = typer.Option(None, help="generate on the validation split every N steps"),
     resume: bool = typer.Option(False, help="continue from the run's last checkpoint"),
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Fine-tune a model with TRL's SFTTrainer."""
+    """Fine-tune a model with TRL's SFTTrainer (full, LoRA, QLoRA; mixed tasks; evaluation while training).
+
+    Runs under `accelerate launch` too (DDP, FSDP, DeepSpeed: configs/accelerate/)."""
     from . import train as stage
 
     def go():
-        overrides = dict(data=data, model=model, name=name, output_root=output_root,
+        overrides = dict(data=data, model=model, name=name, output_root=output_root, method=method,
                          resume=resume or None)
+        if eval_steps is not None:
+            overrides["eval.steps"] = eval_steps
         if max_steps is not None:
             overrides["sft.max_steps"] = max_steps
         cfg = stage.load_config(str(config) if config else None, overrides, sets)
@@ -191,15 +224,20 @@ def predict(
 @app.command("init-model")
 def init_model(
     out_dir: Path = typer.Option(..., "--out", help="output folder"),
-    variant: str = typer.Option("paligemma", help="paligemma or paligemma2"),
+    variant: str = typer.Option("paligemma", help="paligemma, paligemma2 or idefics3"),
     seed: int = typer.Option(0, help="random seed for the weights"),
 ) -> None:
-    """Build a random tiny PaliGemma with the project's tokenizer and processor; save it like a hub checkpoint."""
-    from .models import TinyModelConfig, count_parameters, create_tiny, load
+    """Build a random tiny model (PaliGemma, PaliGemma 2 or Idefics3) with the project's tokenizer and processor;
+    save it like a hub checkpoint."""
+    from .models import (TinyIdefics3Config, TinyModelConfig, count_parameters, create_tiny, create_tiny_idefics3,
+                         load)
 
     def go():
-        cfg = build_config(TinyModelConfig, overrides={"variant": variant, "seed": seed})
-        path = create_tiny(out_dir, cfg)
+        if variant == "idefics3":
+            path = create_tiny_idefics3(out_dir, TinyIdefics3Config(seed=seed))
+        else:
+            cfg = build_config(TinyModelConfig, overrides={"variant": variant, "seed": seed})
+            path = create_tiny(out_dir, cfg)
         model, _ = load(path)
         out.print(f"wrote {path} ({count_parameters(model) / 1e6:.1f}M parameters)")
 

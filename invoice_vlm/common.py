@@ -97,6 +97,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise InvoiceVLMError(f"--set {item!r}: expected key=value")
     key, raw = item.split("=", 1)
+    if raw.strip().lower() in ("no", "yes", "on", "off", "y", "n"):
+        return key.strip(), raw.strip()  # YAML 1.1 would make these booleans: `save_strategy=no` means "no"
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:

@@ -30,23 +30,24 @@ class Predictor:
         return cls(model, processor, **kwargs)
 
     @torch.inference_mode()
-    def _generate(self, images: Sequence[Image.Image], prompt: str) -> list[str]:
+    def _generate(self, images: Sequence[Image.Image], prompt: str | Sequence[str]) -> list[str]:
+        from .models import generation_inputs
+
+        prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+        inputs = generation_inputs(self.processor, list(images), prompts).to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         tok = self.processor.tokenizer
-        # Left padding keeps every prompt's last token next to its first generated one.
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            inputs = self.processor(images=list(images), text=[f"<image>{prompt}"] * len(images),
-                                    return_tensors="pt", padding="longest")
-        finally:
-            tok.padding_side = side
-        inputs = inputs.to(self.model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        eos = self.model.generation_config.eos_token_id
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        if was_training:
-            self.model.train()
+        try:
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      pad_token_id=tok.pad_token_id,
+                                      eos_token_id=eos if eos is not None else tok.eos_token_id)
+        finally:
+            if was_training:
+                self.model.train()
         generated = out[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in self.processor.batch_decode(generated, skip_special_tokens=True)]
 

@@ -25,6 +25,7 @@ SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
 # Built fresh (random weights) by `train` when its config names it, instead of a folder or hub id.
 TINY_RANDOM = "tiny-random"
 TINY_RANDOM_2 = "tiny-random-paligemma2"
+TINY_RANDOM_IDEFICS3 = "tiny-random-idefics3"
 
 # Every character our locales print, so they are merged into tokens even if the sampled corpus misses some.
 _ALPHABET_LINE = ("€ £ $ ¥ ₹ CHF % ° № º ª ß ä ö ü Ä Ö Ü é è ê ë à â ç î ï ô û ù ÿ œ æ É È Ê À Ç Ô Œ ñ á í ó ú "
@@ -122,29 +123,115 @@ def build_model(cfg: TinyModelConfig, processor):
 
 def create_tiny(out: str | Path, cfg: TinyModelConfig | None = None) -> Path:
     """Build a random tiny PaliGemma with its tokenizer and processor and save it like a hub checkpoint."""
+    from .common import staged_dir
+
     cfg = cfg or TinyModelConfig()
     tokenizer = build_tokenizer(cfg.bpe_vocab)
     processor = build_processor(tokenizer, cfg.image_size, cfg.patch_size)
     model = build_model(cfg, processor)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
+    with staged_dir(out) as stage:  # a reader (another rank, say) never sees a half-written folder
+        model.save_pretrained(stage, safe_serialization=True)
+        processor.save_pretrained(stage)
     return out
 
 
 def resolve_model(spec: str, workdir: Path) -> str:
-    """A folder or hub id as is; ``tiny-random`` / ``tiny-random-paligemma2`` built into ``workdir/base``."""
-    if spec in (TINY_RANDOM, TINY_RANDOM_2):
+    """A folder or hub id as is; ``tiny-random[-paligemma2|-idefics3]`` built into ``workdir/base``."""
+    if spec in (TINY_RANDOM, TINY_RANDOM_2, TINY_RANDOM_IDEFICS3):
         base = workdir / "base"
         if not (base / "config.json").is_file():
-            create_tiny(base, TinyModelConfig(variant="paligemma2" if spec == TINY_RANDOM_2 else "paligemma"))
+            if spec == TINY_RANDOM_IDEFICS3:
+                create_tiny_idefics3(base)
+            else:
+                create_tiny(base, TinyModelConfig(variant="paligemma2" if spec == TINY_RANDOM_2 else "paligemma"))
         return str(base)
     return spec
 
 
+# ------------------------------------------------------------------------------------------ Idefics3
+# A second family, trained by the same command through its chat template. Idefics3 (SmolVLM's architecture:
+# SigLIP, pixel-shuffle connector, Llama decoder) because its processor needs no torchvision; Qwen2-VL's and
+# SmolVLM's processors carry a video processor that does.
+
+IDEFICS3_BOS, IDEFICS3_EOU, IDEFICS3_PAD = "<|begin_of_text|>", "<end_of_utterance>", "<|finetune_right_pad_id|>"
+IDEFICS3_SPECIALS = [IDEFICS3_BOS, "<|end_of_text|>", IDEFICS3_PAD, IDEFICS3_EOU, "<fake_token_around_image>",
+                     "<image>", "<global-img>", *[f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]]
+# HuggingFaceM4/Idefics3-8B-Llama3's template, which also accepts plain-string content.
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}{{ ': ' + message['content'] }}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+@dataclass
+class TinyIdefics3Config:
+    crop_size: int = 128  # side of each image crop the vision encoder sees
+    patch_size: int = 16
+    scale_factor: int = 2  # pixel shuffle: (crop / patch)^2 / scale^2 tokens per crop
+    longest_edge: int = 256  # the page is resized to this, then cut into crops (+ one global crop)
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    bpe_vocab: int = 2048
+    seed: int = 0
+
+
+def create_tiny_idefics3(out: str | Path, cfg: TinyIdefics3Config | None = None, corpus: list[str] | None = None) -> Path:
+    """A random tiny ``Idefics3ForConditionalGeneration`` with its tokenizer, chat template and processor."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                              Idefics3Processor, PreTrainedTokenizerFast)
+
+    cfg = cfg or TinyIdefics3Config()
+    if corpus is None:
+        from .synth import text_corpus
+
+        corpus = text_corpus()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([*corpus, *[_ALPHABET_LINE] * 20, "User: Assistant:"], trainers.BpeTrainer(
+        vocab_size=cfg.bpe_vocab, special_tokens=IDEFICS3_SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    # no post-processor: the chat template writes the bos token itself
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=IDEFICS3_BOS, eos_token=IDEFICS3_EOU,
+                                  pad_token=IDEFICS3_PAD, unk_token=None, padding_side="right",
+                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
+    image_processor = Idefics3ImageProcessorPil(do_resize=True, size={"longest_edge": cfg.longest_edge},
+                                                do_image_splitting=True,
+                                                max_image_size={"longest_edge": cfg.crop_size})
+    seq = (cfg.crop_size // cfg.patch_size) ** 2 // cfg.scale_factor**2
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=seq,
+                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
+    text = dict(model_type="llama", vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,
+                num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads // 2,
+                max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    vision = dict(hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden, num_hidden_layers=cfg.layers,
+                  num_attention_heads=cfg.heads, image_size=cfg.crop_size, patch_size=cfg.patch_size)
+    config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=cfg.scale_factor,
+                            image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
+                            tie_word_embeddings=False)
+    torch.manual_seed(cfg.seed)
+    model = Idefics3ForConditionalGeneration(config)
+    for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tok, key))
+    from .common import staged_dir
+
+    out = Path(out)
+    with staged_dir(out) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        processor.save_pretrained(stage)
+    return out
+
+
 def load(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str | None = None,
-         trust_remote_code: bool = False):
+         trust_remote_code: bool = False, quantization_config=None):
     """Load (model, processor) from a folder or a hub id. Safetensors only; remote code only when asked."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -156,9 +243,10 @@ def load(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str
         raise InvoiceVLMError(f"{name}: model folder not found (and not a hub id of the form owner/name)")
     try:
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        extra = {"quantization_config": quantization_config, "device_map": {"": 0}} if quantization_config else {}
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype or torch.float32,
                                                             use_safetensors=True,
-                                                            trust_remote_code=trust_remote_code)
+                                                            trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as e:  # missing files, no safetensors, offline hub, unreadable config
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InvoiceVLMError(f"{name}: cannot load model ({first})") from None
@@ -170,3 +258,87 @@ def load(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ families
+# How each family turns (image, prompt, target) into model inputs. PaliGemma uses its processor's prefix/suffix
+# API (prompt: bidirectional prefix, token_type_ids 0; target: causal suffix, 1); chat models (Qwen2-VL,
+# Idefics3/SmolVLM, ...) use their chat template: user turn = image + prompt, assistant turn = target.
+
+
+def family(processor) -> str:
+    return "paligemma" if type(processor).__name__ == "PaliGemmaProcessor" else "chat"
+
+
+def _padding(processor, side: str):
+    tok = processor.tokenizer
+    old, tok.padding_side = tok.padding_side, side
+    return tok, old
+
+
+def training_batch(processor, images: list, prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
+    """Inputs with ``labels``: -100 on image, prompt and padding tokens; the target (+ end token) elsewhere."""
+    if family(processor) == "paligemma":
+        tok, old = _padding(processor, "right")
+        try:
+            batch = processor(images=images, text=[f"<image>{p}" for p in prompts], suffix=targets,
+                              return_tensors="pt", padding="longest")
+        finally:
+            tok.padding_side = old
+        labels = batch["input_ids"].clone()
+        labels[batch["token_type_ids"] == 0] = -100
+        labels[batch["attention_mask"] == 0] = -100
+        batch["labels"] = labels
+        return dict(batch)
+    return _chat_training_batch(processor, images, prompts, targets)
+
+
+def generation_inputs(processor, images: list, prompts: list[str]):
+    """Prompt-only inputs, left-padded so every prompt ends where generation starts."""
+    if family(processor) == "paligemma":
+        tok, old = _padding(processor, "left")
+        try:
+            return processor(images=images, text=[f"<image>{p}" for p in prompts], return_tensors="pt",
+                             padding="longest")
+        finally:
+            tok.padding_side = old
+    return _chat_generation_inputs(processor, images, prompts)
+
+
+def _conversation(prompt: str, target: str | None = None) -> list[dict]:
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    if target is not None:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
+    return msgs
+
+
+def _chat_training_batch(processor, images: list, prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
+    tok = processor.tokenizer
+    full = [processor.apply_chat_template(_conversation(p, t), tokenize=False) for p, t in zip(prompts, targets)]
+    heads = [processor.apply_chat_template(_conversation(p), add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    batch = processor(text=full, images=[[im] for im in images], padding=True, padding_side="right",
+                      return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    labels = torch.full_like(ids, -100)
+    for row, (text, head) in enumerate(zip(full, heads)):
+        if not text.startswith(head):
+            raise InvoiceVLMError(f"{type(processor).__name__}: the chat template's prompt is not a prefix of the "
+                                  "full conversation; cannot tell the answer from the prompt")
+        answer = tok(text[len(head):], add_special_tokens=False)["input_ids"]
+        end = int(mask[row].sum())
+        start = end - len(answer)
+        if ids[row, start:end].tolist() != answer:
+            raise InvoiceVLMError(f"{type(processor).__name__}: the answer tokenizes differently inside the "
+                                  "conversation; cannot place the labels")
+        stop = answer.index(tok.eos_token_id) + 1 if tok.eos_token_id in answer else len(answer)
+        labels[row, start:start + stop] = ids[row, start:start + stop]  # the answer and its end-of-turn token
+    batch["labels"] = labels
+    return dict(batch)
+
+
+def _chat_generation_inputs(processor, images: list, prompts: list[str]):
+    texts = [processor.apply_chat_template(_conversation(p), add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    return processor(text=texts, images=[[im] for im in images], padding=True, padding_side="left",
+                     return_tensors="pt")

@@ -131,3 +131,16 @@ def test_synth_refuses_a_folder_with_other_content(tmp_path):
     r = invoke("synth", "--out", folder, "--n", 2, "--dpi", 40, "--overwrite")
     assert "holds no synthetic dataset" in one_line_error(r)
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_bench_train_compares_against_a_plain_loop():
+    """The benchmark's shape (speed itself is measured by running it, not asserted here)."""
+    from conftest import TINY
+
+    from invoice_vlm.models import TinyModelConfig
+    from invoice_vlm.train import bench as bench_mod
+
+    rows = bench_mod.bench(steps=2, warmup=1, batch_size=2, model_cfg=TinyModelConfig(**TINY))
+    assert [r["variant"] for r in rows] == ["plain", "invoice-vlm", "trl-default"]
+    assert rows[0]["vs_plain"] == 1.0 and all(r["samples_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert rows[1]["data_wait_pct"] is not None and 0 <= rows[1]["data_wait_pct"] < 100

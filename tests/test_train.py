@@ -1,22 +1,27 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from invoice_vlm import train
 from invoice_vlm.common import InvoiceVLMError
-from invoice_vlm.data import open_image, read_split
+from invoice_vlm.data import Sample, open_image, read_split
 from invoice_vlm.infer import Predictor
 from invoice_vlm.models import load
 
+CONFIGS = Path(__file__).parent.parent / "configs"
 
-def _cfg(tiny_model, data, tmp_path, **sft):
+
+def _cfg(tiny_model, data, tmp_path, name="t", **sft):
     settings = {"max_steps": 120, "learning_rate": 3e-3, "per_device_train_batch_size": 2, "logging_steps": 5,
-                "report_to": "none", "warmup_steps": 0, "lr_scheduler_type": "constant", **sft}
-    return train.TrainConfig(model=str(tiny_model), data=str(data), name="t", output_root=str(tmp_path / "runs"),
-                             sft=settings)
+                "report_to": "none", "warmup_steps": 0, "lr_scheduler_type": "constant", "save_strategy": "no",
+                **sft}
+    return train.TrainConfig(model=str(tiny_model), data=str(data), name=name,
+                             output_root=str(tmp_path / "runs"), sft=settings)
 
 
 def test_training_changes_weights_lowers_loss_and_learns_to_read(tiny_model, text_dataset, tmp_path):
@@ -33,6 +38,9 @@ def test_training_changes_weights_lowers_loss_and_learns_to_read(tiny_model, tex
 
     run = json.loads((run_dir / "run.json").read_text())
     assert run["seed"] == 0 and run["environment"]["torch"] and run["config"]["data"] == str(text_dataset)
+    assert run["preflight"]["tokens"]["image"] == 16 and run["preflight"]["memory_estimate_gb"]["total"] > 0
+    assert any("px input" in w for w in run["preflight"]["warnings"])  # 64 px pages: the resolution warning
+    assert (run_dir / "trainer_state.json").is_file()
 
     # The collator and the inference engine agree: a model trained on two images reads them back.
     samples = read_split(text_dataset, "test")
@@ -43,6 +51,124 @@ def test_training_changes_weights_lowers_loss_and_learns_to_read(tiny_model, tex
     assert len(set(predictions)) == 2
 
 
+def test_lora_trains_only_the_adapter_and_merges(tiny_model, text_dataset, tmp_path):
+    cfg = _cfg(tiny_model, text_dataset, tmp_path, max_steps=4)
+    cfg.method = "lora"
+    run_dir = train.main(cfg)
+    run = json.loads((run_dir / "run.json").read_text())
+    params = run["parameters"]
+    assert 0 < params["trainable"] < 0.2 * params["total"]
+    assert "vision_trainable" not in params  # scope language_model: SigLIP's q/k/v are left alone
+    adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k and "language_model" in k for k in adapter)
+    base = load_file(tiny_model / "model.safetensors")
+    merged = load_file(run_dir / "model" / "model.safetensors")
+    assert set(merged) == set(base)  # a plain model again, loadable without PEFT
+    moved = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert moved and all("language_model" in k for k in moved)
+
+
+def test_freezing_the_vision_tower_keeps_it(tiny_model, text_dataset, tmp_path):
+    cfg = _cfg(tiny_model, text_dataset, tmp_path, max_steps=3)
+    cfg.freeze = train.FreezeSettings(vision=True)
+    run_dir = train.main(cfg)
+    base = load_file(tiny_model / "model.safetensors")
+    after = load_file(run_dir / "model" / "model.safetensors")
+    vision = [k for k in base if "vision_tower" in k]
+    assert vision and all(torch.equal(base[k], after[k]) for k in vision)
+    assert any(not torch.equal(base[k], after[k]) for k in base if "language_model" in k)
+    assert any(not torch.equal(base[k], after[k]) for k in base if "multi_modal_projector" in k)
+
+
+def test_resume_ends_with_the_same_weights(tiny_model, text_dataset, tmp_path):
+    """Interrupted after 4 of 6 steps (checkpoints every 2), then resumed: the weights of an uninterrupted run."""
+    from transformers import TrainerCallback
+
+    settings = dict(max_steps=6, save_strategy="steps", save_steps=2, logging_steps=1)
+    straight = train.main(_cfg(tiny_model, text_dataset, tmp_path, "straight", **settings))
+
+    class PowerCut(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise KeyboardInterrupt
+
+    cfg = _cfg(tiny_model, text_dataset, tmp_path, "cut", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(cfg, callbacks=[PowerCut()])
+    assert not (cfg.run_dir / "model").exists() and (cfg.run_dir / "checkpoint-4").is_dir()
+    cfg.resume = True
+    resumed = train.main(cfg)
+    assert json.loads((resumed / "train_result.json").read_text())["global_step"] == 6
+    a = load_file(straight / "model" / "model.safetensors")
+    b = load_file(resumed / "model" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert any(not torch.equal(a[k], load_file(cfg.run_dir / "checkpoint-4" / "model.safetensors")[k]) for k in a)
+
+
+def test_evaluation_while_training_keeps_the_best_and_stops_early(tiny_model, text_dataset, tmp_path):
+    # learning rate 0: the metric never improves after the first evaluation, so patience 1 stops at the second
+    cfg = _cfg(tiny_model, text_dataset, tmp_path, max_steps=20, learning_rate=0.0)
+    cfg.eval = train.EvalSettings(steps=2, split="test", metric="cer", early_stopping_patience=1, max_new_tokens=4)
+    run_dir = train.main(cfg)
+    result = json.loads((run_dir / "train_result.json").read_text())
+    evals = [h for h in result["log_history"] if "eval_cer" in h]
+    assert [h["step"] for h in evals] == [2, 4]
+    assert {"eval_bleu", "eval_ter", "eval_cer", "eval_wer", "eval_chrf"} <= evals[0].keys()
+    assert result["global_step"] == 4 and result["best_checkpoint"].endswith("checkpoint-2")
+    assert result["best_metric"] == evals[0]["eval_cer"]
+
+
+def _sample(i, **kw) -> Sample:
+    base = dict(id=f"p{i}", image=Path("x.png"), text=f"page {i}", fields={"invoice_number": f"N{i}", "total": "€ 1"},
+                qa=[{"question": "What is the total?", "answer": "€ 1"}], meta={"pages": 1})
+    return Sample(**{**base, **kw})
+
+
+def test_tasks_are_mixed_by_ratio_and_deterministic():
+    samples = [_sample(i) for i in range(600)]
+    ex = train.build_examples(samples, {"ocr": 0.5, "extract": 0.3, "answer": 0.2}, seed=1)
+    counts = {t: sum(e.task == t for e in ex) for t in ("ocr", "extract", "answer")}
+    assert abs(counts["ocr"] - 300) < 45 and abs(counts["extract"] - 180) < 40 and abs(counts["answer"] - 120) < 35
+    assert [e.target for e in ex] == [e.target for e in train.build_examples(samples, {"ocr": 0.5, "extract": 0.3,
+                                                                                        "answer": 0.2}, seed=1)]
+    e = next(e for e in ex if e.task == "answer")
+    assert e.prompt == "answer en What is the total?" and e.target == "€ 1"
+    e = next(e for e in ex if e.task == "extract")
+    assert e.prompt == "extract" and json.loads(e.target)["invoice_number"] == e.id.replace("p", "N")
+    # a page of a two-page invoice never gets the extraction task: its fields describe both pages
+    two = train.build_examples([_sample(i, meta={"pages": 2}) for i in range(50)], {"extract": 1.0}, seed=0)
+    assert {e.task for e in two} == {"ocr"}
+
+
+def test_canonical_fields_order_and_format():
+    fields = {"total": "1,00 €", "invoice_number": "A-1", "normalized": {"total": "1.00"}, "line_items": [
+        {"amount": "1,00 €", "description": "Café", "quantity": "1", "unit_price": "1,00 €"}]}
+    assert train.canonical_fields(fields) == (
+        '{"invoice_number":"A-1","total":"1,00 €","line_items":[{"description":"Café","quantity":"1",'
+        '"unit_price":"1,00 €","amount":"1,00 €"}]}')
+
+
+def test_idefics3_trains_through_its_chat_template(text_dataset, tmp_path, corpus):
+    """Another family, the same command: a tiny Idefics3 learns through its chat template."""
+    from invoice_vlm.models import TinyIdefics3Config, create_tiny_idefics3
+
+    base = create_tiny_idefics3(tmp_path / "idefics3", TinyIdefics3Config(crop_size=32, longest_edge=64, hidden=64,
+                                                                          bpe_vocab=600), corpus)
+    cfg = train.load_config(str(CONFIGS / "tiny-idefics3" / "full.yaml"), sets=[
+        f"model={base}", f"data={text_dataset}", "name=idefics3", f"output_root={tmp_path / 'runs'}",
+        "sft.max_steps=150", "sft.learning_rate=3e-3", "sft.per_device_train_batch_size=2", "sft.report_to=none",
+        "sft.logging_steps=5", "sft.warmup_steps=0", "sft.save_strategy=no"])
+    run_dir = train.main(cfg)
+    losses = [h["loss"] for h in json.loads((run_dir / "train_result.json").read_text())["log_history"]
+              if "loss" in h]
+    assert losses[-1] < 0.3 * losses[0]
+    model, processor = load(run_dir / "model")
+    assert type(model).__name__ == "Idefics3ForConditionalGeneration"
+    samples = read_split(text_dataset, "test")
+    preds = Predictor(model, processor, max_new_tokens=12).predict([open_image(s.image) for s in samples])
+    assert preds == [s.text for s in samples]
+
+
 def test_preflight_stops_when_targets_exceed_the_budget(tiny_model, text_dataset, tmp_path):
     cfg = _cfg(tiny_model, text_dataset, tmp_path)
     cfg.max_length = 10
@@ -51,24 +177,80 @@ def test_preflight_stops_when_targets_exceed_the_budget(tiny_model, text_dataset
     assert not (tmp_path / "runs" / "t" / "model").exists()
 
 
+def test_qlora_without_cuda_is_one_line(tiny_model, text_dataset, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: QLoRA would run")
+    cfg = train.load_config(str(CONFIGS / "tiny" / "qlora.yaml"), sets=[
+        f"model={tiny_model}", f"data={text_dataset}", f"output_root={tmp_path}"])
+    with pytest.raises(InvoiceVLMError, match="QLoRA needs a CUDA GPU"):
+        train.main(cfg)
+
+
+def test_resume_without_checkpoint(tiny_model, text_dataset, tmp_path):
+    cfg = _cfg(tiny_model, text_dataset, tmp_path)
+    cfg.resume = True
+    with pytest.raises(InvoiceVLMError, match="no checkpoint-\\* folder to resume from"):
+        train.main(cfg)
+
+
 def test_config_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: tiny-random\nlearning_rat: 3\n")
-    with pytest.raises(InvoiceVLMError, match=r"bad.yaml: unknown key 'learning_rat'"):
-        train.load_config(str(bad))
-    bad.write_text("sft:\n  max_stepz: 3\n")
-    with pytest.raises(InvoiceVLMError, match=r"sft.max_stepz is not a TRL SFTConfig setting"):
-        train.load_config(str(bad))
-    bad.write_text("seed: many\n")
-    with pytest.raises(InvoiceVLMError, match=r"seed: expected an integer"):
-        train.load_config(str(bad))
+    cases = [("model: tiny-random\nlearning_rat: 3\n", r"bad.yaml: unknown key 'learning_rat'"),
+             ("sft:\n  max_stepz: 3\n", r"sft.max_stepz is not a TRL SFTConfig setting"),
+             ("seed: many\n", r"seed: expected an integer"),
+             ("method: dora\n", r"method must be one of full, lora, qlora"),
+             ("tasks: {ocr: 1, translate: 1}\n", r"unknown task 'translate'"),
+             ("lora: {rank: 8}\n", r"lora: unknown key 'rank'"),
+             ("eval: {metric: accuracy}\n", r"eval.metric must be one of"),
+             ("sft: {max_length: 5}\n", r"sft.max_length is set by invoice-vlm")]
+    for text, message in cases:
+        bad.write_text(text)
+        with pytest.raises(InvoiceVLMError, match=message):
+            train.load_config(str(bad))
 
 
-def test_shipped_configs_load():
-    from pathlib import Path
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_load(path):
+    if path.parent.name == "accelerate":
+        import yaml
 
-    configs = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
-    assert configs
-    for path in configs:
-        cfg = train.load_config(str(path), sets=["data=x"])
-        assert cfg.sft, path
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED") and cfg["num_processes"] >= 1
+        return
+    cfg = train.load_config(str(path), sets=["data=x"])
+    assert cfg.sft and path.read_text().startswith("#")  # each opens with what it is and how to run it
+    if path.parent.name.startswith("paligemma2"):
+        res = path.parent.name.rsplit("-", 1)[1]
+        assert cfg.model == f"google/paligemma2-3b-pt-{res}" and cfg.sft["bf16"] is True
+        assert 1e-5 <= cfg.sft["learning_rate"] <= 2e-4 and cfg.sft["max_grad_norm"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["tiny/full.yaml", "tiny/lora.yaml", "tiny/freeze-vision.yaml"])
+def test_tiny_configs_run_a_step(name, tiny_model, text_dataset, tmp_path):
+    cfg = train.load_config(str(CONFIGS / name), sets=[
+        f"model={tiny_model}", f"data={text_dataset}", f"output_root={tmp_path}", "name=step",
+        "sft.max_steps=1", "sft.per_device_train_batch_size=2", "sft.report_to=none"])
+    run_dir = train.main(cfg)
+    assert json.loads((run_dir / "train_result.json").read_text())["global_step"] == 1
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_accelerate_launch_runs_ddp_on_two_cpu_processes(tiny_model, text_dataset, tmp_path):
+    """The same command under `accelerate launch` (2 processes, gloo): both ranks end with the same weights."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+           str(CONFIGS / "accelerate" / "ddp.yaml"), "--num_processes", "2", "-m", "invoice_vlm", "train",
+           "--config", str(CONFIGS / "tiny" / "full.yaml"), "--model", str(tiny_model), "--data", str(text_dataset),
+           "--name", "ddp", "--output-root", str(tmp_path), "--max-steps", "3",
+           "--set", "sft.per_device_train_batch_size=1", "--set", "sft.report_to=none"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "ddp" / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["sha256"] == ranks[1]["sha256"] and ranks[0]["global_step"] == 3
+    state = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())
+    # 2 processes x 1 page per step: 3 steps see 6 pages, i.e. 3 epochs of the 2-page dataset
+    assert state["global_step"] == 3 and state["epoch"] == pytest.approx(3.0)

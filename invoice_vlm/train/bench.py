@@ -1,0 +1,159 @@
+"""``invoice-vlm bench train``: our training step against a plain PyTorch loop, same model, same batches, one run.
+
+Three ways to train the tiny PaliGemma on the same synthetic pages, in the same order:
+
+- ``plain``: a hand-written loop (DataLoader with our collator, forward, backward, clip, AdamW step);
+- ``invoice-vlm``: ``InvoiceTrainer`` (TRL's SFTTrainer with the plain loss), as ``invoice-vlm train`` runs it;
+- ``trl-default``: TRL's SFTTrainer with its own loss (fused log-probs, token accuracy and entropy metrics).
+
+Each variant runs in a fresh process. Reported: samples/s (warm-up steps excluded), the ratio to the plain loop,
+peak resident memory above the process's level before loading the model, and for the trainers the share of each
+step spent outside the step callbacks (waiting for the next batch).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class _PeakRSS:
+    """Samples this process's resident memory every 5 ms; ``peak`` is the highest value seen, in MiB."""
+
+    def __init__(self):
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def now() -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def __enter__(self):
+        self.base = self.now()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _step_timer():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Step time from one step's start to the next one's, and the part spent outside the step (data)."""
+
+        def __init__(self):
+            self.begins, self.ends = [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begins.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def _summary(name: str, step_times: list[float], wait: list[float], batch: int, mem: _PeakRSS) -> dict[str, Any]:
+    mean = sum(step_times) / len(step_times)
+    return {"variant": name, "step_s": round(mean, 3), "samples_per_s": round(batch / mean, 2),
+            "peak_rss_mb": round(mem.peak - mem.base, 1),
+            "data_wait_pct": round(100 * sum(wait) / sum(step_times), 2) if wait else None}
+
+
+def _run_variant(name: str, base: str, data: str, tmp: str, steps: int, warmup: int, batch_size: int,
+                 seed: int) -> dict[str, Any]:
+    """One variant, in a fresh process: its memory peak and warm caches are its own."""
+    from torch.utils.data import DataLoader, SequentialSampler
+    from trl import SFTTrainer
+
+    from ..data import read_split
+    from ..models import load
+    from .collate import Collator
+    from .config import TrainConfig
+    from .tasks import build_examples, to_dataset
+    from .trainer import InvoiceTrainer, _sft_args
+
+    torch.manual_seed(seed)
+    total = steps + warmup
+    dataset = to_dataset(build_examples(read_split(data, "train"), {"ocr": 1.0}, seed))
+    with _PeakRSS() as mem:
+        model, processor = load(base)
+        model.train()
+        if name == "plain":
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-6)
+            loader = DataLoader(dataset, batch_size=batch_size, sampler=SequentialSampler(dataset),
+                                collate_fn=Collator(processor))
+            times, it = [], iter(loader)
+            for i in range(total):
+                t0 = time.perf_counter()
+                batch = next(it)  # data loading is part of a step, as in the trainers
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            return _summary(name, times, [], batch_size, mem)
+        cls = InvoiceTrainer if name == "invoice-vlm" else SFTTrainer
+        cfg = TrainConfig(model=base, data=data, output_root=tmp, name=name, seed=seed, sft={
+            "max_steps": total, "per_device_train_batch_size": batch_size, "learning_rate": 1e-4,
+            "lr_scheduler_type": "constant", "warmup_steps": 0, "report_to": "none", "save_strategy": "no",
+            "logging_steps": 10**6, "disable_tqdm": True})
+
+        class Sequential(cls):  # type: ignore[misc, valid-type]
+            def _get_train_sampler(self, train_dataset=None):  # the plain loop's order
+                return SequentialSampler(train_dataset or self.train_dataset)
+
+        timer = _step_timer()
+        trainer = Sequential(model=model, args=_sft_args(cfg, Path(tmp) / name), train_dataset=dataset,
+                             processing_class=processor, data_collator=Collator(processor), callbacks=[timer])
+        trainer.train()
+    b, e = timer.begins, timer.ends
+    step_times = [b[i + 1] - b[i] for i in range(warmup, total - 1)]
+    wait = [b[i + 1] - e[i] for i in range(warmup, total - 1)]
+    return _summary(name, step_times, wait, batch_size, mem)
+
+
+def bench(steps: int = 10, warmup: int = 2, batch_size: int = 8, seed: int = 0, model_cfg=None) -> list[dict]:
+    """``model_cfg``: a TinyModelConfig (default: the shipped tiny PaliGemma's architecture)."""
+    import multiprocessing as mp
+
+    from .. import synth
+    from ..models import TinyModelConfig, create_tiny
+
+    pages = (steps + warmup + 1) * batch_size
+    with tempfile.TemporaryDirectory(prefix="invoice-vlm-bench-train-") as tmp:
+        data = Path(tmp) / "data"
+        synth.main(synth.SynthConfig(out=str(data), n=pages, seed=seed, dpi=100, max_items=6, split="train=1",
+                                     workers=min(2, os.cpu_count() or 1)), progress=False)
+        base = create_tiny(Path(tmp) / "base", model_cfg or TinyModelConfig(seed=seed))
+        rows = []
+        ctx = mp.get_context("spawn")  # not fork: the parent has already started torch's thread pool
+        for name in ("plain", "invoice-vlm", "trl-default"):
+            with ctx.Pool(1) as pool:
+                rows.append(pool.apply(_run_variant, (name, str(base), str(data), tmp, steps, warmup, batch_size,
+                                                      seed)))
+    plain = rows[0]["samples_per_s"]
+    for r in rows:
+        r["vs_plain"] = round(r["samples_per_s"] / plain, 3)
+    return rows

@@ -1,0 +1,232 @@
+"""The training run: data -> examples -> model (+ method) -> preflight -> TRL SFTTrainer -> saved model.
+
+Run as::
+
+    invoice-vlm train --config configs/tiny/full.yaml --data data/synth --set sft.max_steps=100
+
+A run writes ``runs/<name>/``: ``run.json`` (resolved config, preflight figures, library versions, seed) before
+the first step; checkpoints (``checkpoint-N/`` with ``trainer_state.json``) and TensorBoard logs while training;
+``model/`` (weights + processor, loadable with ``from_pretrained``; the best checkpoint's weights when evaluation
+picks one) and ``train_result.json`` at the end. ``model/`` appears only once complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+import torch
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from ..common import InvoiceVLMError, environment_info, staged_dir, write_json
+from . import methods, preflight
+from .collate import Collator
+from .config import METRICS, TrainConfig
+from .tasks import build_examples, to_dataset
+
+
+class InvoiceTrainer(SFTTrainer):
+    """SFTTrainer with the plain loss and evaluation by generation.
+
+    ``compute_loss``: the model's own cross-entropy. TRL's adds token-accuracy and entropy metrics through a fused,
+    chunked log-prob pass that, off Triton, scores every position (image tokens included) a second time: a third
+    of a CPU step for the tiny model (``invoice-vlm bench train`` measures both).
+    ``evaluate``: greedy generation on the whole evaluation split, scored with BLEU, TER, CER, WER and chrF, so
+    the best checkpoint and early stopping follow the metric people care about, not the loss.
+    """
+
+    def __init__(self, *args, generation_eval=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_eval = generation_eval
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from transformers import Trainer
+
+        return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    # Checkpoints are written with save_pretrained, which in transformers 5 renames PaliGemma's keys to the hub
+    # layout (language_model.model.*); Trainer's resume and load-best read the file raw with strict=False and so
+    # load nothing, silently. Read full-model checkpoints back the way they were written. (PEFT adapters,
+    # DeepSpeed and FSDP checkpoints take Trainer's own path.)
+    def _load_weights(self, folder: str) -> bool:
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, PeftModel) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return False
+        loaded = type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype, use_safetensors=True)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if (model is None or model is self.model) and self._load_weights(resume_from_checkpoint):
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if not self._load_weights(self.state.best_model_checkpoint):
+            super()._load_best_model()
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        if self.generation_eval is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        scores = self.generation_eval(self.model, self.processing_class)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class GenerationEval:
+    """Transcribes the evaluation pages and scores them against their targets."""
+
+    def __init__(self, samples, prompt: str, max_new_tokens: int, batch_size: int):
+        self.samples, self.prompt = samples, prompt
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+
+    def __call__(self, model, processor) -> dict[str, float]:
+        from ..data import open_image
+        from ..evaluate import score_all
+        from ..infer import Predictor
+
+        predictor = Predictor(model, processor, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        preds = predictor.predict([open_image(s.image) for s in self.samples], self.prompt)
+        scores = score_all(preds, [s.text for s in self.samples])
+        return {"bleu": scores["bleu"]["bleu"], "ter": scores["ter"]["score"], "cer": scores["cer"],
+                "wer": scores["wer"], "chrf": scores["chrf"], "exact_match": scores["exact_match"]}
+
+
+class RankChecksum(TrainerCallback):
+    """After a distributed run, each rank writes a checksum of its weights: DDP ranks must agree."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if args.world_size <= 1 or model is None:
+            return
+        h = hashlib.sha256()
+        for name, p in sorted(model.named_parameters()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        folder = self.run_dir / "ranks"
+        folder.mkdir(exist_ok=True)
+        write_json(folder / f"{args.process_index}.json", {"rank": args.process_index, "sha256": h.hexdigest(),
+                                                          "global_step": state.global_step})
+
+
+def _sft_args(cfg: TrainConfig, run_dir: Path):
+    from trl import SFTConfig
+
+    settings = cfg.sft_settings()
+    if not torch.cuda.is_available() and os.environ.get("LOCAL_RANK") is not None:
+        # launched by accelerate/torchrun on a machine without a GPU: accelerate sets up DDP over gloo only when
+        # told the run is on the CPU; otherwise each process would train alone
+        settings.setdefault("use_cpu", True)
+    if cfg.eval.steps:
+        # every evaluation is followed by a checkpoint, so the best one can be restored at the end
+        settings.update(eval_strategy="steps", eval_steps=cfg.eval.steps, save_strategy="steps",
+                        save_steps=cfg.eval.steps, metric_for_best_model=f"eval_{cfg.eval.metric}",
+                        greater_is_better=METRICS[cfg.eval.metric], load_best_model_at_end=True)
+    return SFTConfig(output_dir=str(run_dir), seed=cfg.seed, max_length=None, remove_unused_columns=False,
+                     dataset_kwargs={"skip_prepare_dataset": True}, **settings)
+
+
+def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
+    """Fine-tune and save; returns the run folder. ``callbacks``: extra transformers TrainerCallbacks."""
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from ..data import read_split
+    from ..evaluate import max_new_tokens_for
+    from ..models import load, resolve_model
+
+    run_dir = cfg.run_dir
+    if not cfg.data:
+        raise InvoiceVLMError("train: no dataset given (--data DIR or data: in the config)")
+    if cfg.resume and not any(run_dir.glob("checkpoint-*")):
+        raise InvoiceVLMError(f"{run_dir}: --resume given but there is no checkpoint-* folder to resume from")
+    if (run_dir / "model").exists() and not cfg.resume:
+        raise InvoiceVLMError(f"{run_dir}: a finished run is already here; choose another --name")
+
+    # Data first: bad input must fail before any model is built.
+    samples = read_split(cfg.data, cfg.train_split)
+    examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt)
+    eval_samples = []
+    if cfg.eval.steps:
+        eval_samples = read_split(cfg.data, cfg.eval.split)
+        if cfg.eval.limit:
+            eval_samples = eval_samples[: cfg.eval.limit]
+
+    # Model and method
+    set_seed(cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = resolve_model(cfg.model, run_dir)
+    quant = None
+    if cfg.method == "qlora":
+        if not torch.cuda.is_available():
+            raise InvoiceVLMError("method qlora: 4-bit QLoRA needs a CUDA GPU (bitsandbytes); this machine has "
+                                  "none - use method: lora")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise InvoiceVLMError("method qlora needs bitsandbytes: pip install 'invoice-vlm[gpu]' "
+                                  "(or pip install bitsandbytes)")
+        quant = methods.quantization_config(cfg)
+    model, processor = load(base, trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
+    model, params = methods.apply(cfg, model)
+    model.train()
+    checks = preflight.check(cfg, model, processor, examples)
+
+    # Record what the run is before it starts
+    tasks_used: dict[str, int] = {}
+    for e in examples:
+        tasks_used[e.task] = tasks_used.get(e.task, 0) + 1
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun: rank 0 writes
+    if main_process:
+        write_json(run_dir / "run.json", {
+            "config": dataclasses.asdict(cfg), "sft": cfg.sft_settings(), "base_model": base,
+            "parameters": params, "preflight": checks, "examples": tasks_used,
+            "num_eval_samples": len(eval_samples), "seed": cfg.seed, "environment": environment_info()})
+        for w in checks["warnings"]:
+            print(f"warning: {w}")
+
+    # Training
+    generation_eval = None
+    if cfg.eval.steps:
+        generation_eval = GenerationEval(
+            eval_samples, cfg.prompt,
+            cfg.eval.max_new_tokens or max_new_tokens_for(processor, [s.text for s in eval_samples]),
+            cfg.eval.batch_size)
+    cbs: list[TrainerCallback] = [RankChecksum(run_dir)]
+    if cfg.eval.steps and cfg.eval.early_stopping_patience:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
+    cbs += callbacks or []
+    train_ds = to_dataset(examples)
+    trainer = InvoiceTrainer(model=model, args=_sft_args(cfg, run_dir), train_dataset=train_ds,
+                             eval_dataset=train_ds.select(range(1)) if cfg.eval.steps else None,
+                             processing_class=processor, data_collator=Collator(processor), callbacks=cbs,
+                             generation_eval=generation_eval)
+    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+
+    # Saving (rank 0 only under accelerate/torchrun)
+    if trainer.is_world_process_zero():
+        final = trainer.model
+        if cfg.method != "full":  # the adapter alone (PEFT format), then for LoRA the merged model
+            with staged_dir(run_dir / "adapter") as stage:
+                final.save_pretrained(stage, safe_serialization=True)
+                processor.save_pretrained(stage)
+        if cfg.method != "qlora":  # 4-bit weights are not merged here: export merges onto the full-precision base
+            if cfg.method == "lora":
+                final = final.merge_and_unload()
+            with staged_dir(run_dir / "model") as stage:
+                final.save_pretrained(stage, safe_serialization=True)
+                processor.save_pretrained(stage)
+        trainer.save_state()
+        state = trainer.state
+        write_json(run_dir / "train_result.json", {
+            **result.metrics, "global_step": result.global_step, "best_metric": state.best_metric,
+            "best_checkpoint": state.best_model_checkpoint, "log_history": state.log_history})
+    return run_dir
