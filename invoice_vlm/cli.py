@@ -96,11 +96,12 @@ def bench_synth(
     def go():
         rows = bench(n=n, workers=workers, dpi=dpi)
         table = Table(title=f"invoice-vlm bench synth (n={n}, dpi={dpi}, {os.cpu_count()} CPUs)")
-        for col in ("workers", "augment", "invoices_per_s", "pages_per_s", "vs_1_worker", "seconds", "mb"):
-            table.add_column(col, justify="right")
+        cols = {"workers": "workers", "augment": "augment", "invoices_per_s": "invoices/s",
+                "pages_per_s": "pages/s", "vs_1_worker": "vs 1 worker", "seconds": "seconds", "mb": "MB"}
+        for title in cols.values():
+            table.add_column(title, justify="right")
         for r in rows:
-            table.add_row(*(str(r[c]) for c in ("workers", "augment", "invoices_per_s", "pages_per_s",
-                                                 "vs_1_worker", "seconds", "mb")))
+            table.add_row(*(str(r[c]) for c in cols))
         out.print(table)
         out.print_json(json.dumps(rows))
 
@@ -123,9 +124,10 @@ def bench_train(
         rows = bench(steps=steps, warmup=warmup, batch_size=batch_size)
         table = Table(title=f"invoice-vlm bench train (tiny PaliGemma, batch {batch_size}, {steps} steps, "
                             f"{os.cpu_count()} CPUs)")
-        cols = ("variant", "samples_per_s", "vs_plain", "step_s", "peak_rss_mb", "data_wait_pct")
-        for col in cols:
-            table.add_column(col, justify="right")
+        cols = {"variant": "variant", "samples_per_s": "samples/s", "vs_plain": "vs plain", "step_s": "step s",
+                "peak_rss_mb": "peak RSS MB", "data_wait_pct": "data wait %"}
+        for title in cols.values():
+            table.add_column(title, justify="right")
         for r in rows:
             table.add_row(*(str(r[c]) for c in cols))
         out.print(table)

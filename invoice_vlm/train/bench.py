@@ -80,7 +80,7 @@ def _summary(name: str, step_times: list[float], wait: list[float], batch: int, 
 
 
 def _run_variant(name: str, base: str, data: str, tmp: str, steps: int, warmup: int, batch_size: int,
-                 seed: int) -> dict[str, Any]:
+                 seed: int, sft: dict | None = None) -> dict[str, Any]:
     """One variant, in a fresh process: its memory peak and warm caches are its own."""
     from torch.utils.data import DataLoader, SequentialSampler
     from trl import SFTTrainer
@@ -115,10 +115,12 @@ def _run_variant(name: str, base: str, data: str, tmp: str, steps: int, warmup: 
                     times.append(time.perf_counter() - t0)
             return _summary(name, times, [], batch_size, mem)
         cls = InvoiceTrainer if name == "invoice-vlm" else SFTTrainer
+        # one step more than measured: a step's time runs from its start to the next one's start, so every
+        # variant is timed over the same batches
         cfg = TrainConfig(model=base, data=data, output_root=tmp, name=name, seed=seed, sft={
-            "max_steps": total, "per_device_train_batch_size": batch_size, "learning_rate": 1e-4,
+            "max_steps": total + 1, "per_device_train_batch_size": batch_size, "learning_rate": 1e-4,
             "lr_scheduler_type": "constant", "warmup_steps": 0, "report_to": "none", "save_strategy": "no",
-            "logging_steps": 10**6, "disable_tqdm": True})
+            "logging_steps": 10**6, "disable_tqdm": True, **(sft or {})})
 
         class Sequential(cls):  # type: ignore[misc, valid-type]
             def _get_train_sampler(self, train_dataset=None):  # the plain loop's order
@@ -129,30 +131,32 @@ def _run_variant(name: str, base: str, data: str, tmp: str, steps: int, warmup: 
                              processing_class=processor, data_collator=Collator(processor), callbacks=[timer])
         trainer.train()
     b, e = timer.begins, timer.ends
-    step_times = [b[i + 1] - b[i] for i in range(warmup, total - 1)]
-    wait = [b[i + 1] - e[i] for i in range(warmup, total - 1)]
+    step_times = [b[i + 1] - b[i] for i in range(warmup, total)]
+    wait = [b[i + 1] - e[i] for i in range(warmup, total)]
     return _summary(name, step_times, wait, batch_size, mem)
 
 
 def bench(steps: int = 10, warmup: int = 2, batch_size: int = 8, seed: int = 0, model_cfg=None) -> list[dict]:
     """``model_cfg``: a TinyModelConfig (default: the shipped tiny PaliGemma's architecture)."""
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
     from .. import synth
     from ..models import TinyModelConfig, create_tiny
 
-    pages = (steps + warmup + 1) * batch_size
+    pages = (steps + warmup + 2) * batch_size
     with tempfile.TemporaryDirectory(prefix="invoice-vlm-bench-train-") as tmp:
         data = Path(tmp) / "data"
         synth.main(synth.SynthConfig(out=str(data), n=pages, seed=seed, dpi=100, max_items=6, split="train=1",
                                      workers=min(2, os.cpu_count() or 1)), progress=False)
         base = create_tiny(Path(tmp) / "base", model_cfg or TinyModelConfig(seed=seed))
         rows = []
-        ctx = mp.get_context("spawn")  # not fork: the parent has already started torch's thread pool
+        # a fresh process per variant; spawn, not fork: the parent has already started torch's thread pool
+        ctx = mp.get_context("spawn")
         for name in ("plain", "invoice-vlm", "trl-default"):
-            with ctx.Pool(1) as pool:
-                rows.append(pool.apply(_run_variant, (name, str(base), str(data), tmp, steps, warmup, batch_size,
-                                                      seed)))
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # not mp.Pool: its daemonic workers cannot
+                rows.append(pool.submit(_run_variant, name, str(base), str(data), tmp, steps, warmup,  # start
+                                        batch_size, seed).result())                             # DataLoader workers
     plain = rows[0]["samples_per_s"]
     for r in rows:
         r["vs_plain"] = round(r["samples_per_s"] / plain, 3)

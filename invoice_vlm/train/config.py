@@ -31,7 +31,10 @@ SFT_DEFAULTS: dict[str, Any] = {
     "report_to": "tensorboard",
     "bf16": False,
     "gradient_checkpointing": False,
-    "dataloader_num_workers": 0,
+    # one worker process decodes and resizes the next batches while the model trains: data waits fell from 6-7%
+    # to under 1% of a step in `invoice-vlm bench train`
+    "dataloader_num_workers": 1,
+    "dataloader_persistent_workers": True,
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning without a GPU only warns
 }
 # Settings invoice-vlm decides from its own config; setting them under sft: would contradict it.
