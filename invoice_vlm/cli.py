@@ -82,6 +82,19 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: baseline and can
 app.add_typer(bench_app, name="bench")
 
 
+def _print_bench(title: str, rows: list[dict], columns: dict[str, str]) -> None:
+    """A benchmark's rows as a table (``columns``: row key -> heading), then as JSON for scripts."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for heading in columns.values():
+        table.add_column(heading, justify="right")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in columns))
+    out.print(table)
+    out.print_json(json.dumps(rows))
+
+
 @bench_app.command("synth")
 def bench_synth(
     n: int = typer.Option(400, help="invoices per case"),
@@ -89,49 +102,32 @@ def bench_synth(
     dpi: int = typer.Option(150, help="render resolution"),
 ) -> None:
     """Synthetic invoices per second: 1 worker vs --workers, without augmentation and with scan/photo."""
-    from rich.table import Table
-
     from .synth.generate import bench
 
     def go():
         rows = bench(n=n, workers=workers, dpi=dpi)
-        table = Table(title=f"invoice-vlm bench synth (n={n}, dpi={dpi}, {os.cpu_count()} CPUs)")
-        cols = {"workers": "workers", "augment": "augment", "invoices_per_s": "invoices/s",
-                "pages_per_s": "pages/s", "vs_1_worker": "vs 1 worker", "seconds": "seconds", "mb": "MB"}
-        for title in cols.values():
-            table.add_column(title, justify="right")
-        for r in rows:
-            table.add_row(*(str(r[c]) for c in cols))
-        out.print(table)
-        out.print_json(json.dumps(rows))
+        _print_bench(f"invoice-vlm bench synth (n={n}, dpi={dpi}, {os.cpu_count()} CPUs)", rows, {
+            "workers": "workers", "augment": "augment", "invoices_per_s": "invoices/s", "pages_per_s": "pages/s",
+            "vs_1_worker": "vs 1 worker", "seconds": "seconds", "mb": "MB"})
 
     _guard(go)
 
 
 @bench_app.command("train")
 def bench_train(
-    steps: int = typer.Option(10, help="measured steps per variant (after the warm-up)"),
+    steps: int = typer.Option(12, help="measured steps per variant (after the warm-up)"),
     warmup: int = typer.Option(2, help="steps not measured"),
     batch_size: int = typer.Option(8, help="pages per step"),
 ) -> None:
-    """Training samples/s and peak memory: invoice-vlm's SFTTrainer step vs a plain PyTorch loop (and TRL's
-    default loss), same tiny PaliGemma, same batches."""
-    from rich.table import Table
-
+    """Training samples/s and memory: invoice-vlm vs a plain PyTorch loop and TRL's default loss."""
     from .train.bench import bench
 
     def go():
         rows = bench(steps=steps, warmup=warmup, batch_size=batch_size)
-        table = Table(title=f"invoice-vlm bench train (tiny PaliGemma, batch {batch_size}, {steps} steps, "
-                            f"{os.cpu_count()} CPUs)")
-        cols = {"variant": "variant", "samples_per_s": "samples/s", "vs_plain": "vs plain", "step_s": "step s",
-                "peak_rss_mb": "peak RSS MB", "data_wait_pct": "data wait %"}
-        for title in cols.values():
-            table.add_column(title, justify="right")
-        for r in rows:
-            table.add_row(*(str(r[c]) for c in cols))
-        out.print(table)
-        out.print_json(json.dumps(rows))
+        _print_bench(f"invoice-vlm bench train (tiny PaliGemma, batch {batch_size}, {steps} steps, "
+                     f"{os.cpu_count()} CPUs)", rows, {
+                         "variant": "variant", "samples_per_s": "samples/s", "vs_plain": "vs plain",
+                         "step_s": "step s", "peak_rss_mb": "peak RSS MB", "data_wait_pct": "data wait %"})
 
     _guard(go)
 

@@ -172,18 +172,6 @@ def open_image(path: str | Path) -> Image.Image:
         raise InvoiceVLMError(f"{path}: image does not open ({e.__class__.__name__}: {e})") from None
 
 
-def to_hf_dataset(samples: list[Sample]):
-    """A ``datasets.Dataset`` with an ``image`` column (decoded lazily), as TRL's vision path expects."""
-    import datasets
-
-    ds = datasets.Dataset.from_dict({
-        "id": [s.id for s in samples],
-        "image": [str(s.image) for s in samples],
-        "text": [s.text for s in samples],
-    })
-    return ds.cast_column("image", datasets.Image())
-
-
 def pdf_text(path: str | Path, page: int = 0) -> str:
     """The text layer of one PDF page in reading order: characters grouped into rows by baseline, rows top to
     bottom, each row left to right; a gap wider than a fifth of the type size becomes one space."""

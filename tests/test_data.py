@@ -5,14 +5,15 @@ import json
 import pytest
 
 from invoice_vlm.common import InvoiceVLMError, staged_dir
-from invoice_vlm.data import read_split, to_hf_dataset
+from invoice_vlm.data import read_split
+from invoice_vlm.train.tasks import build_examples, to_dataset
 
 
 def test_reads_a_split(text_dataset):
     samples = read_split(text_dataset, "train")
     assert [s.text for s in samples] == ["AB 12", "€ 7,50"]
-    ds = to_hf_dataset(samples)
-    assert ds[1]["text"] == "€ 7,50" and ds[1]["image"].size == (64, 64)
+    ds = to_dataset(build_examples(samples, {"ocr": 1.0}, seed=0))
+    assert ds[1]["target"] == "€ 7,50" and ds[1]["prompt"] == "ocr" and ds[1]["image"].size == (64, 64)
 
 
 def test_missing_folder(tmp_path):

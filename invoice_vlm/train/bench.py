@@ -136,7 +136,7 @@ def _run_variant(name: str, base: str, data: str, tmp: str, steps: int, warmup: 
     return _summary(name, step_times, wait, batch_size, mem)
 
 
-def bench(steps: int = 10, warmup: int = 2, batch_size: int = 8, seed: int = 0, model_cfg=None) -> list[dict]:
+def bench(steps: int = 12, warmup: int = 2, batch_size: int = 8, seed: int = 0, model_cfg=None) -> list[dict]:
     """``model_cfg``: a TinyModelConfig (default: the shipped tiny PaliGemma's architecture)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
