@@ -316,7 +316,6 @@ class Doc:
                 for e in edges[1:-1]:
                     self.page.line(e, top, e, self.y, 0.5)
 
-        seg_top = self.y
         self.need(3 * lh)
         seg_top = self.y
         header()
