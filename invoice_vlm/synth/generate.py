@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import InvoiceVLMError, environment_info, write_json
-from ..data import METADATA, SPLITS
+from ..data import METADATA, SPLITS, Sample
 from .augment import PRESETS, augment
 from .content import make_invoice, make_qa, public_fields
 from .fonts import FONT_FAMILIES, check_fonts
@@ -207,14 +207,14 @@ def invoice_records(inv: Invoice, cfg: SynthConfig, folder: Path) -> list[dict[s
         else:
             name = f"{stem}-p{i}.png"
             im.save(folder / name, compress_level=PNG_LEVEL)
-        rows.append({
-            "file_name": name, "id": f"inv-{stem}-p{i}", "text": page.transcription(), "fields": fields,
-            "qa": make_qa(qa_rng, inv.content, page.fields_shown(), all_items=n == 1),
-            "meta": {"invoice": inv.index, "page": i, "pages": n, "layout": inv.layout, "locale": inv.locale,
+        rows.append(Sample(
+            id=f"inv-{stem}-p{i}", image=folder / name, text=page.transcription(), fields=fields,
+            qa=make_qa(qa_rng, inv.content, page.fields_shown(), all_items=n == 1),
+            meta={"invoice": inv.index, "page": i, "pages": n, "layout": inv.layout, "locale": inv.locale,
                      "font": st.family, "heading_font": st.head_family, "font_size": round(st.size, 2),
                      "table": st.table, "elements": elements, "augment": cfg.augment, "dpi": cfg.dpi,
                      "pdf": pdf_name},
-        })
+        ).to_metadata(folder))  # the one record format every stage reads
     return rows
 
 
