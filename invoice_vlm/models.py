@@ -13,6 +13,8 @@ path a hub id such as ``google/paligemma2-3b-pt-448`` takes too.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -136,15 +138,18 @@ def create_tiny(out: str | Path, cfg: TinyModelConfig | None = None) -> Path:
     return out
 
 
-def resolve_model(spec: str, workdir: Path) -> str:
-    """A folder or hub id as is; ``tiny-random[-paligemma2|-idefics3]`` built into ``workdir/base``."""
+def resolve_model(spec: str, workdir: Path, tiny: TinyModelConfig | None = None) -> str:
+    """A folder or hub id as is; ``tiny-random[-paligemma2|-idefics3]`` built into ``workdir/base`` (with the
+    architecture ``tiny``, if given)."""
     if spec in (TINY_RANDOM, TINY_RANDOM_2, TINY_RANDOM_IDEFICS3):
         base = workdir / "base"
         if not (base / "config.json").is_file():
             if spec == TINY_RANDOM_IDEFICS3:
                 create_tiny_idefics3(base)
             else:
-                create_tiny(base, TinyModelConfig(variant="paligemma2" if spec == TINY_RANDOM_2 else "paligemma"))
+                arch = dataclasses.replace(tiny or TinyModelConfig(),
+                                           variant="paligemma2" if spec == TINY_RANDOM_2 else "paligemma")
+                create_tiny(base, arch)
         return str(base)
     return spec
 

@@ -313,3 +313,37 @@ def test_tesseract_reads_what_the_target_says(tmp_path):
     f1 = 2 * precision * recall / (precision + recall)
     print(f"tesseract word-bag F1 {f1:.4f} (P {precision:.4f} R {recall:.4f}) over {len(pages)} pages")
     assert f1 >= 0.95
+
+
+def test_lines_task_shows_exactly_the_rows_of_its_target(dataset):
+    """The ``lines`` curriculum task: a band of rows, the rest painted white. Every row of the target lies inside
+    the band with all its ink, every other row lies outside, and the painted image keeps the band's pixels."""
+    import random
+
+    from invoice_vlm.data import open_image
+    from invoice_vlm.train.collate import show_band
+    from invoice_vlm.train.tasks import build_examples, can_do, pick_band
+
+    pages = read_split(dataset, "train")
+    assert all(can_do(p, "lines") for p in pages)
+    for p in pages:
+        rows, lines = p.meta["rows"], p.text.split("\n")
+        assert len(rows) == len(lines) and all(0 <= t < b <= 1 for t, b in rows)
+        for k in range(20):
+            i, j, top, bottom = pick_band(rows, random.Random(k))
+            assert 0 <= i <= j < len(rows)
+            inside = [m for m, (t, b) in enumerate(rows) if top <= t and b <= bottom]
+            assert inside == list(range(i, j + 1))
+            assert all(b <= top or t >= bottom for m, (t, b) in enumerate(rows) if not i <= m <= j)
+    ex = next(e for e in build_examples(pages, {"lines": 1.0}, seed=0) if 0 < e.window[0] and e.window[1] < 1)
+    page = next(p for p in pages if p.id == ex.id)
+    assert ex.target in page.text and ex.prompt == "ocr"
+    im = open_image(ex.image).convert("RGB")
+    shown = show_band(im.copy(), ex.window)
+    h = im.height
+    top, bottom = int(ex.window[0] * h), int(round(ex.window[1] * h))
+    assert shown.crop((0, top, im.width, bottom)).tobytes() == im.crop((0, top, im.width, bottom)).tobytes()
+    assert shown.crop((0, 0, im.width, top)).getextrema() == ((255, 255),) * 3
+    assert shown.crop((0, bottom, im.width, h)).getextrema() == ((255, 255),) * 3
+    # a scanned page's rows have moved (skew): no bands there
+    assert not can_do(type(page)(**{**page.__dict__, "meta": {**page.meta, "augment": "scan"}}), "lines")

@@ -13,6 +13,8 @@ from invoice_vlm.data import Sample, open_image, read_split
 from invoice_vlm.infer import Predictor
 from invoice_vlm.models import load
 
+from conftest import write_text_dataset
+
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
@@ -105,6 +107,49 @@ def test_resume_ends_with_the_same_weights(tiny_model, text_dataset, tmp_path):
     assert any(not torch.equal(a[k], load_file(cfg.run_dir / "checkpoint-4" / "model.safetensors")[k]) for k in a)
 
 
+def test_length_grouped_batches_resume_exactly(tiny_model, tmp_path):
+    """train_sampling_strategy: group_by_length (pretrain.yaml) batches targets of similar length from the dataset's
+    ``length`` column; a run cut at step 3 and resumed takes the same pages in the same order."""
+    from transformers import TrainerCallback
+
+    from invoice_vlm.train.trainer import InvoiceTrainer
+
+    # more examples than one mega-batch (50 x batch size), so the order depends on the sampler's random draws
+    texts = [f"{i:03d} " + "AB CD"[: i % 6] for i in range(120)]
+    data = write_text_dataset(tmp_path / "data", {"train": texts})
+    settings = dict(max_steps=6, save_strategy="steps", save_steps=1, logging_steps=1, per_device_train_batch_size=1,
+                    train_sampling_strategy="group_by_length")
+    seen: dict[str, list] = {"straight": [], "cut": []}
+
+    orig = InvoiceTrainer.training_step
+
+    def spy(self, model, inputs, *a, **k):
+        seen[self.args.output_dir.split("/")[-1]].append(round(float(inputs["pixel_values"].sum()), 1))
+        return orig(self, model, inputs, *a, **k)
+
+    InvoiceTrainer.training_step = spy
+    try:
+        straight = train.main(_cfg(tiny_model, data, tmp_path, "straight", **settings))
+
+        class PowerCut(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == 3:
+                    raise KeyboardInterrupt
+
+        cfg = _cfg(tiny_model, data, tmp_path, "cut", **settings)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(cfg, callbacks=[PowerCut()])
+        cfg.resume = True
+        resumed = train.main(cfg)
+    finally:
+        InvoiceTrainer.training_step = orig
+    # the same pages in the same order after the cut at step 3
+    assert seen["cut"] == seen["straight"] and len(seen["straight"]) == 6
+    a = load_file(straight / "model" / "model.safetensors")
+    b = load_file(resumed / "model" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
 def test_evaluation_while_training_keeps_the_best_and_stops_early(tiny_model, text_dataset, tmp_path):
     # learning rate 0: the metric never improves after the first evaluation, so patience 1 stops at the second
     cfg = _cfg(tiny_model, text_dataset, tmp_path, max_steps=20, learning_rate=0.0)
@@ -138,6 +183,14 @@ def test_tasks_are_mixed_by_ratio_and_deterministic():
     # a page of a two-page invoice never gets the extraction task: its fields describe both pages
     two = train.build_examples([_sample(i, meta={"pages": 2}) for i in range(50)], {"extract": 1.0}, seed=0)
     assert {e.task for e in two} == {"ocr"}
+
+
+def test_repeat_draws_each_pass_afresh():
+    samples = [_sample(i) for i in range(200)]
+    once = train.build_examples(samples, {"ocr": 0.5, "extract": 0.5}, seed=3)
+    twice = train.build_examples(samples, {"ocr": 0.5, "extract": 0.5}, seed=3, repeat=2)
+    assert len(twice) == 400 and [e.target for e in twice[:200]] == [e.target for e in once]
+    assert [e.task for e in twice[200:]] != [e.task for e in once]  # the second pass is not a copy
 
 
 def test_canonical_fields_order_and_format():

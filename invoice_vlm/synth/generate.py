@@ -213,7 +213,7 @@ def invoice_records(inv: Invoice, cfg: SynthConfig, folder: Path) -> list[dict[s
             meta={"invoice": inv.index, "page": i, "pages": n, "layout": inv.layout, "locale": inv.locale,
                      "font": st.family, "heading_font": st.head_family, "font_size": round(st.size, 2),
                      "table": st.table, "elements": elements, "augment": cfg.augment, "dpi": cfg.dpi,
-                     "pdf": pdf_name},
+                     "pdf": pdf_name, "rows": [list(e) for e in page.row_extents()]},
         ).to_metadata(folder))  # the one record format every stage reads
     return rows
 

@@ -79,11 +79,24 @@ class Page:
              width: float = 0.6) -> None:
         self.shapes.append(Shape("rect", (x0, y0, x1, y1), stroke, fill, width))
 
-    def transcription(self) -> str:
+    def rows(self) -> list[list[Run]]:
+        """The runs grouped into rows (one shared baseline each), top to bottom, each row left to right."""
         rows: dict[float, list[Run]] = {}
         for r in self.runs:
             rows.setdefault(round(r.y, 2), []).append(r)
-        return "\n".join(" ".join(r.text for r in sorted(row, key=lambda r: r.x)) for _, row in sorted(rows.items()))
+        return [sorted(row, key=lambda r: r.x) for _, row in sorted(rows.items())]
+
+    def transcription(self) -> str:
+        return "\n".join(" ".join(r.text for r in row) for row in self.rows())
+
+    def row_extents(self) -> list[tuple[float, float]]:
+        """(top, bottom) of each transcription row's ink boxes, as fractions of the page height: what a training
+        task needs to show a band of rows and name its exact target."""
+        out = []
+        for row in self.rows():
+            boxes = [r.box() for r in row]
+            out.append((round(min(b[1] for b in boxes) / self.height, 5), round(max(b[3] for b in boxes) / self.height, 5)))
+        return out
 
     def fields_shown(self) -> set[str]:
         return {r.field for r in self.runs if r.field}

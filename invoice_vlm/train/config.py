@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..common import _coerce, build_config
+from ..models import TinyModelConfig
 
 # Our defaults where TRL's do not fit (TRL turns on bf16 and gradient checkpointing; we checkpoint to resume).
 SFT_DEFAULTS: dict[str, Any] = {
@@ -41,7 +42,7 @@ SFT_DEFAULTS: dict[str, Any] = {
 SFT_RESERVED = ("output_dir", "seed", "max_length", "remove_unused_columns", "dataset_kwargs", "eval_strategy",
                 "eval_steps", "metric_for_best_model", "greater_is_better", "load_best_model_at_end")
 METHODS = ("full", "lora", "qlora")
-TASKS = ("ocr", "extract", "answer")
+TASKS = ("ocr", "extract", "answer", "lines")
 METRICS = {"cer": False, "wer": False, "ter": False, "bleu": True, "chrf": True}  # name -> greater is better
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -119,7 +120,11 @@ class TrainConfig:
     quant: QuantSettings = field(default_factory=QuantSettings)
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
     tasks: dict = field(default_factory=lambda: {"ocr": 1.0},
-                        metadata={"help": "task ratios: ocr (transcription), extract (fields as JSON), answer (QA)"})
+                        metadata={"help": "task ratios: ocr (transcription), extract (fields as JSON), answer (QA), "
+                                          "lines (transcribe a band of rows; a pretraining curriculum step)"})
+    repeat: int = field(default=1, metadata={"help": "passes over the training pages, each drawing tasks afresh"})
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig,
+                                  metadata={"help": "architecture of a tiny-random model (ignored otherwise)"})
     prompt: str = field(default="ocr", metadata={"help": "prompt of the transcription task"})
     train_split: str = field(default="train", metadata={"help": "split to train on"})
     max_length: int = field(default=0, metadata={"help": "token budget per sample; 0 = from the data"})
@@ -155,6 +160,8 @@ class TrainConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.max_length < 0:
             raise ValueError("max_length must be >= 0")
+        if self.repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {self.repeat}")
         for task, ratio in self.tasks.items():
             if task not in TASKS:
                 raise ValueError(f"tasks: unknown task {task!r} (known: {', '.join(TASKS)})")

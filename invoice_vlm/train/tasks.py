@@ -4,6 +4,10 @@
 - ``extract``: prompt ``extract``, target the key fields as canonical JSON (schema order, compact, UTF-8); only
   pages that hold the whole invoice (one-page invoices), since the fields describe all of it.
 - ``answer``: prompt ``answer en <question>`` (PaliGemma's QA prefix), target the answer as printed.
+- ``lines``: the ``ocr`` task on a band of a few consecutive rows, the rest of the page painted white; target those
+  rows. A curriculum step for pretraining from scratch: short targets that only the image can explain, at the
+  page's own scale and position, so what the model learns carries over to whole pages. Needs ``meta.rows``
+  (row extents, written by ``invoice-vlm synth`` for clean renders).
 
 The choice is a pure function of (seed, page id), so a resumed or re-run training sees the same examples.
 """
@@ -11,6 +15,7 @@ The choice is a pure function of (seed, page id), so a resumed or re-run trainin
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,7 @@ class Example:
     task: str
     prompt: str
     target: str
+    window: tuple[float, float] = (0.0, 1.0)  # visible band (top, bottom) as fractions of the height
 
 
 def canonical_fields(fields: dict[str, Any]) -> str:
@@ -51,24 +57,56 @@ def can_do(sample: Sample, task: str) -> bool:
         return bool(sample.fields) and sample.meta.get("pages", 1) == 1
     if task == "answer":
         return bool(sample.qa)
+    if task == "lines":
+        rows = sample.meta.get("rows")
+        return bool(rows) and sample.meta.get("augment", "none") == "none" and len(rows) == len(sample.text.split("\n"))
     return False
 
 
-def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, ocr_prompt: str = "ocr") -> list[Example]:
+def pick_band(rows: list[list[float]], rng: random.Random, max_rows: int = 12) -> tuple[int, int, float, float]:
+    """Rows ``i..j`` (inclusive) and the visible band (top, bottom). The band grows until no other row's ink
+    enters it, and its edges sit halfway to the neighbouring rows, so no cut glyph is ever shown."""
+    n = len(rows)
+    k = min(n, int(round(math.exp(rng.uniform(0, math.log(max_rows))))))  # log-uniform: short bands are common
+    i = rng.randrange(n - k + 1)
+    j = i + k - 1
+    while True:
+        top, bottom = min(r[0] for r in rows[i:j + 1]), max(r[1] for r in rows[i:j + 1])
+        grow_i = any(rows[m][1] > top for m in range(i))
+        grow_j = any(rows[m][0] < bottom for m in range(j + 1, n))
+        if not (grow_i or grow_j):
+            break
+        i, j = (i - 1 if grow_i else i), (j + 1 if grow_j else j)
+    above = max((rows[m][1] for m in range(i)), default=0.0)
+    below = min((rows[m][0] for m in range(j + 1, n)), default=1.0)
+    return i, j, (top + above) / 2 if i else 0.0, (bottom + below) / 2 if j < n - 1 else 1.0
+
+
+def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, ocr_prompt: str = "ocr",
+                   repeat: int = 1) -> list[Example]:
+    """One example per page and pass; ``repeat`` passes draw tasks (and bands) afresh, so a long run over a fixed
+    dataset keeps seeing new examples while staying a pure function of (seed, pass, page)."""
     tasks = [t for t, r in ratios.items() if r > 0]
     out = []
-    for s in samples:
-        rng = random.Random(f"tasks/{seed}/{s.id}")
-        possible = [t for t in tasks if can_do(s, t)] or ["ocr"]
-        task = rng.choices(possible, weights=[ratios.get(t, 1.0) for t in possible])[0]
-        if task == "extract":
-            out.append(Example(s.id, s.image, task, EXTRACT_PROMPT, canonical_fields(s.fields)))
-        elif task == "answer":
-            qa = rng.choice(s.qa)
-            out.append(Example(s.id, s.image, task, f"answer en {qa['question']}", qa["answer"]))
-        else:
-            out.append(Example(s.id, s.image, "ocr", ocr_prompt, s.text))
+    for p in range(repeat):
+        for s in samples:
+            out.append(_example(s, tasks, ratios, random.Random(f"tasks/{seed}/{s.id}" + (f"/{p}" if p else "")),
+                                ocr_prompt))
     return out
+
+
+def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.Random, ocr_prompt: str) -> Example:
+    possible = [t for t in tasks if can_do(s, t)] or ["ocr"]
+    task = rng.choices(possible, weights=[ratios.get(t, 1.0) for t in possible])[0]
+    if task == "extract":
+        return Example(s.id, s.image, task, EXTRACT_PROMPT, canonical_fields(s.fields))
+    if task == "answer":
+        qa = rng.choice(s.qa)
+        return Example(s.id, s.image, task, f"answer en {qa['question']}", qa["answer"])
+    if task == "lines":
+        i, j, top, bottom = pick_band(s.meta["rows"], rng)
+        return Example(s.id, s.image, task, ocr_prompt, "\n".join(s.text.split("\n")[i:j + 1]), (top, bottom))
+    return Example(s.id, s.image, "ocr", ocr_prompt, s.text)
 
 
 def to_dataset(examples: list[Example]):
@@ -78,5 +116,7 @@ def to_dataset(examples: list[Example]):
     ds = datasets.Dataset.from_dict({
         "id": [e.id for e in examples], "image": [str(e.image) for e in examples],
         "prompt": [e.prompt for e in examples], "target": [e.target for e in examples],
+        "window": [list(e.window) for e in examples],
+        "length": [len(e.target) for e in examples],  # for train_sampling_strategy: group_by_length
     })
     return ds.cast_column("image", datasets.Image())

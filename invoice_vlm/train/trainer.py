@@ -153,7 +153,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
     # Data first: bad input must fail before any model is built.
     samples = read_split(cfg.data, cfg.train_split)
-    examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt)
+    examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat)
     eval_samples = []
     if cfg.eval.steps:
         eval_samples = read_split(cfg.data, cfg.eval.split)
@@ -163,7 +163,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     # Model and method
     set_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = resolve_model(cfg.model, run_dir)
+    base = resolve_model(cfg.model, run_dir, cfg.tiny)
     quant = None
     if cfg.method == "qlora":
         if not torch.cuda.is_available():
