@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import InvoiceVLMError, environment_info, staged_dir, write_json
+from ..common import InvoiceVLMError, environment_info, staged_dir, write_json
 
 # ------------------------------------------------------------------------------------------ metrics
 
@@ -133,7 +133,7 @@ def run(predictor, samples, out: Path, prompt: str = "ocr", extra: dict | None =
     """Generate for ``samples`` with ``predictor``, score, and write the result files into ``out``."""
     from rich.progress import Progress
 
-    from .data import open_image
+    from ..data import open_image
 
     references = [s.text for s in samples]
     predictions: list[str] = []
@@ -155,9 +155,9 @@ def run(predictor, samples, out: Path, prompt: str = "ocr", extra: dict | None =
 
 
 def main(cfg: EvalConfig) -> dict[str, Any]:
-    from .data import read_split
-    from .infer import Predictor
-    from .models import load
+    from ..data import read_split
+    from ..infer import Predictor
+    from ..models import load
 
     if not cfg.model:
         raise InvoiceVLMError("eval: --model is required")
