@@ -91,8 +91,9 @@ def _check_complete(root: Path) -> None:
 
 
 def read_split(root: str | Path, split: str, check_images: bool = True,
-               require_text: bool = True) -> list[Sample]:
-    """Read and validate one split; any problem raises one line naming the file (and line)."""
+               require_text: bool = True, skipped: list[str] | None = None) -> list[Sample]:
+    """Read and validate one split; any problem raises one line naming the file (and line). With ``skipped``
+    (evaluation), a bad record is noted there and left out instead, so the rest can still be scored."""
     root = Path(root)
     if not root.exists():
         raise InvoiceVLMError(f"{root}: dataset folder not found")
@@ -108,44 +109,59 @@ def read_split(root: str | Path, split: str, check_images: bool = True,
     samples: list[Sample] = []
     seen: set[str] = set()
     for meta_path in files:
-        samples.extend(_read_metadata(meta_path, seen, check_images, require_text))
+        samples.extend(_read_metadata(meta_path, seen, check_images, require_text, skipped))
     if not samples:
         raise InvoiceVLMError(f"{files[0]}: no samples")
     return samples
 
 
-def _read_metadata(meta_path: Path, seen: set[str], check_images: bool, require_text: bool) -> list[Sample]:
+def _read_metadata(meta_path: Path, seen: set[str], check_images: bool, require_text: bool,
+                   skipped: list[str] | None = None) -> list[Sample]:
     folder = meta_path.parent
     samples: list[Sample] = []
     with open(meta_path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            where = f"{meta_path}:{lineno}"
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InvoiceVLMError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InvoiceVLMError(f"{where}: expected a JSON object")
-            name = row.get("file_name")
-            if not isinstance(name, str) or not name:
-                raise InvoiceVLMError(f"{where}: missing 'file_name'")
-            text = row.get("text")
-            if not isinstance(text, str):
-                raise InvoiceVLMError(f"{where}: missing 'text' (the transcription)")
-            if require_text and not text.strip():
-                raise InvoiceVLMError(f"{where}: empty target 'text' for {name}")
-            sid = str(row.get("id") or Path(name).stem)
-            if sid in seen:
-                raise InvoiceVLMError(f"{where}: duplicate id {sid!r}")
-            seen.add(sid)
-            image = folder / name
-            if check_images:
-                check_image(image, where)
-            samples.append(Sample(id=sid, image=image, text=text, fields=row.get("fields") or {},
-                                  qa=row.get("qa") or [], meta=row.get("meta") or {}))
+                samples.append(_record(json_line(line, f"{meta_path}:{lineno}"), folder, f"{meta_path}:{lineno}",
+                                       seen, check_images, require_text))
+            except InvoiceVLMError as e:
+                if skipped is None:
+                    raise
+                skipped.append(str(e))
     return samples
+
+
+def json_line(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InvoiceVLMError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise InvoiceVLMError(f"{where}: expected a JSON object")
+    return row
+
+
+def _record(row: dict[str, Any], folder: Path, where: str, seen: set[str], check_images: bool,
+            require_text: bool) -> Sample:
+    name = row.get("file_name")
+    if not isinstance(name, str) or not name:
+        raise InvoiceVLMError(f"{where}: missing 'file_name'")
+    text = row.get("text")
+    if not isinstance(text, str):
+        raise InvoiceVLMError(f"{where}: missing 'text' (the transcription)")
+    if require_text and not text.strip():
+        raise InvoiceVLMError(f"{where}: empty target 'text' for {name}")
+    sid = str(row.get("id") or Path(name).stem)
+    if sid in seen:
+        raise InvoiceVLMError(f"{where}: duplicate id {sid!r}")
+    image = folder / name
+    if check_images:
+        check_image(image, where)
+    seen.add(sid)
+    return Sample(id=sid, image=image, text=text, fields=row.get("fields") or {}, qa=row.get("qa") or [],
+                  meta=row.get("meta") or {})
 
 
 def check_image(path: Path, where: str | None = None) -> None:
@@ -215,3 +231,104 @@ def pdf_text(path: str | Path, page: int = 0) -> str:
             prev_right = right if ch != " " else max(prev_right or right, right)
         lines.append(" ".join("".join(out).split()))
     return "\n".join(line for line in lines if line)
+
+
+# ------------------------------------------------------------------------------------------ PDFs and manifests
+
+
+def _open_pdf(path: Path):
+    import pypdfium2 as pdfium
+
+    if not path.is_file():
+        raise InvoiceVLMError(f"{path}: file not found")
+    try:
+        return pdfium.PdfDocument(str(path))
+    except (pdfium.PdfiumError, OSError) as e:
+        # pdfium says "Incorrect password error" for encrypted files and "Data format error" for broken ones
+        raise InvoiceVLMError(f"{path}: PDF does not open ({e})") from None
+
+
+def render_pdf_page(path: str | Path, page: int = 0, dpi: int = 200) -> Image.Image:
+    """One PDF page as an RGB image at ``dpi`` (pdfium, the renderer Chrome uses)."""
+    path = Path(path)
+    pdf = _open_pdf(path)
+    try:
+        if not 0 <= page < len(pdf):
+            raise InvoiceVLMError(f"{path}: no page {page + 1} (the PDF has {len(pdf)})")
+        return pdf[page].render(scale=dpi / 72).to_pil().convert("RGB")
+    finally:
+        pdf.close()
+
+
+def pdf_page_count(path: str | Path) -> int:
+    pdf = _open_pdf(Path(path))
+    try:
+        return len(pdf)
+    finally:
+        pdf.close()
+
+
+def read_manifest(path: str | Path, pages_dir: Path, dpi: int = 200, skipped: list[str] | None = None) -> list[Sample]:
+    """A manifest of documents (``../shared/data/real-invoices/manifest.jsonl``): one JSON object a line with
+    ``id``, ``pdf`` (or ``image``), ``page`` (0-based), ``text`` (path of the reference transcription) and
+    ``fields``; paths relative to the manifest. PDF pages are rendered at ``dpi`` into ``pages_dir``. A bad
+    record raises one line, or with ``skipped`` is noted there and left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvoiceVLMError(f"{path}: manifest not found")
+    root = path.parent
+    pages_dir.mkdir(parents=True, exist_ok=True)
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                samples.append(_manifest_record(json_line(line, where), root, where, pages_dir, dpi, seen))
+            except InvoiceVLMError as e:
+                if skipped is None:
+                    raise
+                skipped.append(str(e))
+    if not samples:
+        raise InvoiceVLMError(f"{path}: no documents could be read" + (f" ({skipped[0]})" if skipped else ""))
+    return samples
+
+
+def _manifest_record(row: dict[str, Any], root: Path, where: str, pages_dir: Path, dpi: int,
+                     seen: set[str]) -> Sample:
+    sid = str(row.get("id") or "")
+    if not sid:
+        raise InvoiceVLMError(f"{where}: missing 'id'")
+    if sid in seen:
+        raise InvoiceVLMError(f"{where}: duplicate id {sid!r}")
+    text_name = row.get("text")
+    if not isinstance(text_name, str) or not text_name:
+        raise InvoiceVLMError(f"{where}: {sid}: missing 'text' (path of the reference transcription)")
+    text_path = root / text_name
+    if not text_path.is_file():
+        raise InvoiceVLMError(f"{where}: {sid}: reference {text_path} not found")
+    text = text_path.read_text(encoding="utf-8").strip("\n")
+    if not text.strip():
+        raise InvoiceVLMError(f"{where}: {sid}: reference {text_path} has no text")
+    page = row.get("page", 0)
+    if not isinstance(page, int) or isinstance(page, bool) or page < 0:
+        raise InvoiceVLMError(f"{where}: {sid}: 'page' must be a page index >= 0, got {page!r}")
+    if row.get("pdf"):
+        image = pages_dir / f"{_safe_name(sid)}-p{page}-{dpi}dpi.png"
+        if not image.is_file():
+            render_pdf_page(root / row["pdf"], page, dpi).save(image, compress_level=1)
+    elif row.get("image"):
+        image = root / row["image"]
+        check_image(image, where)
+    else:
+        raise InvoiceVLMError(f"{where}: {sid}: neither 'pdf' nor 'image' given")
+    seen.add(sid)
+    # the manifest's 0-based "page" becomes "pdf_page": in meta, "page" is 1-based (the page of an invoice)
+    meta = {("pdf_page" if k == "page" else k): v for k, v in row.items() if k not in ("id", "text", "fields", "qa")}
+    return Sample(id=sid, image=image, text=text, fields=row.get("fields") or {}, meta=meta)
+
+
+def _safe_name(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:120]
