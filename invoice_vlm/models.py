@@ -26,6 +26,10 @@ from .common import InvoiceVLMError
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
 # Built fresh (random weights) by `train` when its config names it, instead of a folder or hub id.
 TINY_RANDOM = "tiny-random"
+# The embedded default: invoice-vlm-tiny, pretrained by this project (configs/tiny/pretrain.yaml) and shipped in the
+# repository. `demo`, `predict`, `serve` and `train` use it unless told otherwise.
+EMBEDDED = "invoice-vlm-tiny"
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "models" / EMBEDDED
 TINY_RANDOM_2 = "tiny-random-paligemma2"
 TINY_RANDOM_IDEFICS3 = "tiny-random-idefics3"
 
@@ -138,9 +142,18 @@ def create_tiny(out: str | Path, cfg: TinyModelConfig | None = None) -> Path:
     return out
 
 
+def embedded_model() -> Path:
+    if not (EMBEDDED_DIR / "config.json").is_file():
+        raise InvoiceVLMError(f"{EMBEDDED}: the embedded model is missing ({EMBEDDED_DIR}); this needs a source "
+                              "checkout of invoice-vlm, or give a model folder or hub id")
+    return EMBEDDED_DIR
+
+
 def resolve_model(spec: str, workdir: Path, tiny: TinyModelConfig | None = None) -> str:
-    """A folder or hub id as is; ``tiny-random[-paligemma2|-idefics3]`` built into ``workdir/base`` (with the
-    architecture ``tiny``, if given)."""
+    """A folder or hub id as is; ``invoice-vlm-tiny`` the shipped folder; ``tiny-random[-paligemma2|-idefics3]``
+    built into ``workdir/base`` (with the architecture ``tiny``, if given)."""
+    if spec == EMBEDDED:
+        return str(embedded_model())
     if spec in (TINY_RANDOM, TINY_RANDOM_2, TINY_RANDOM_IDEFICS3):
         base = workdir / "base"
         if not (base / "config.json").is_file():
@@ -240,7 +253,7 @@ def load(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str
     """Load (model, processor) from a folder or a hub id. Safetensors only; remote code only when asked."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    name = str(name_or_path)
+    name = str(embedded_model()) if str(name_or_path) == EMBEDDED else str(name_or_path)
     p = Path(name)
     if p.exists() and not (p / "config.json").is_file():
         raise InvoiceVLMError(f"{p}: no model here (config.json missing)")

@@ -67,11 +67,18 @@ def test_init_model(tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    r = invoke("demo", "--workdir", tmp_path, "--n", 16, "--max-steps", 2)
+    """The main job on the embedded model: a held-out style, scores before and after a (here 2-step) fine-tune."""
+    r = invoke("demo", "--workdir", tmp_path, "--n", 20, "--max-steps", 2)
     assert r.exit_code == 0, r.output
-    assert '"bleu"' in r.output and '"score"' in r.output
-    assert (tmp_path / "runs" / "demo" / "eval-test" / "bleu.json").is_file()
-    assert (tmp_path / "runs" / "demo" / "run.json").is_file()
+    assert '"bleu"' in r.output and '"score"' in r.output and "before" in r.output and "after" in r.output
+    run = tmp_path / "runs" / "demo"
+    before = json.loads((run / "eval-before" / "metrics.json").read_text())
+    after = json.loads((run / "eval-after" / "metrics.json").read_text())
+    assert before["model"] == "invoice-vlm-tiny" and after["model"] == str(run / "model")
+    assert before["num_samples"] == after["num_samples"] >= 2
+    assert (run / "eval-after" / "report.html").is_file() and (run / "run.json").is_file()
+    data = json.loads((tmp_path / "data" / "demo" / "dataset.json").read_text())
+    assert data["identity"]["layouts"] == "modern" and data["identity"]["locales"] == "nl_NL"
 
 
 @pytest.mark.parametrize("damage, expected", [

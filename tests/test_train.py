@@ -163,6 +163,17 @@ def test_evaluation_while_training_keeps_the_best_and_stops_early(tiny_model, te
     assert result["best_metric"] == evals[0]["eval_cer"]
 
 
+def test_evaluation_without_keep_best_checkpoints_on_its_own_schedule(tiny_model, text_dataset, tmp_path):
+    """Pretraining evaluates rarely and checkpoints often: with keep_best off, save_steps is kept as set."""
+    cfg = _cfg(tiny_model, text_dataset, tmp_path, max_steps=4, save_strategy="steps", save_steps=1,
+               save_total_limit=10)
+    cfg.eval = train.EvalSettings(steps=4, split="test", metric="cer", max_new_tokens=4, keep_best=False)
+    run_dir = train.main(cfg)
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(1, 5)]
+    result = json.loads((run_dir / "train_result.json").read_text())
+    assert [h["step"] for h in result["log_history"] if "eval_cer" in h] == [4]
+
+
 def _sample(i, **kw) -> Sample:
     base = dict(id=f"p{i}", image=Path("x.png"), text=f"page {i}", fields={"invoice_number": f"N{i}", "total": "€ 1"},
                 qa=[{"question": "What is the total?", "answer": "€ 1"}], meta={"pages": 1})

@@ -100,6 +100,8 @@ class EvalSettings:
     limit: int = field(default=0, metadata={"help": "evaluate on the first N pages only (0: all)"})
     max_new_tokens: int = field(default=0, metadata={"help": "0: 1.1 x the longest reference + 8"})
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
+    keep_best: bool = field(default=True, metadata={"help": "checkpoint at each evaluation and end with the best "
+                                                            "one; false: keep sft.save_steps, end with the last"})
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:

@@ -127,10 +127,14 @@ def _sft_args(cfg: TrainConfig, run_dir: Path):
         # told the run is on the CPU; otherwise each process would train alone
         settings.setdefault("use_cpu", True)
     if cfg.eval.steps:
-        # every evaluation is followed by a checkpoint, so the best one can be restored at the end
-        settings.update(eval_strategy="steps", eval_steps=cfg.eval.steps, save_strategy="steps",
-                        save_steps=cfg.eval.steps, metric_for_best_model=f"eval_{cfg.eval.metric}",
-                        greater_is_better=METRICS[cfg.eval.metric], load_best_model_at_end=True)
+        settings.update(eval_strategy="steps", eval_steps=cfg.eval.steps, metric_for_best_model=f"eval_{cfg.eval.metric}",
+                        greater_is_better=METRICS[cfg.eval.metric])
+        if cfg.eval.keep_best:
+            # every evaluation is followed by a checkpoint, so the best one can be restored at the end
+            if settings.get("save_steps") not in (None, cfg.eval.steps):
+                print(f"note: sft.save_steps={settings['save_steps']} becomes eval.steps={cfg.eval.steps} to keep "
+                      "the best checkpoint (set eval.keep_best: false to checkpoint more often)")
+            settings.update(save_strategy="steps", save_steps=cfg.eval.steps, load_best_model_at_end=True)
     return SFTConfig(output_dir=str(run_dir), seed=cfg.seed, max_length=None, remove_unused_columns=False,
                      dataset_kwargs={"skip_prepare_dataset": True}, **settings)
 
