@@ -232,7 +232,7 @@ def compare(
 @app.command()
 def predict(
     files: list[Path] = typer.Argument(..., help="image files"),
-    model: str = typer.Option(..., help="model folder or hub id"),
+    model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id"),
     batch_size: int = typer.Option(8, help="pages per forward pass"),
     max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
     prompt: str = typer.Option("ocr", help="task prompt"),

@@ -49,7 +49,8 @@ def test_synth_train_eval_predict(tmp_path, tiny_model, text_dataset):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert {"cer", "wer", "chrf", "signatures"} <= metrics.keys()
     preds = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
-    assert [p.keys() for p in preds] == [{"id", "reference", "prediction"}] * 3
+    assert [p.keys() for p in preds] == [{"id", "reference", "prediction", "cer", "fields"}] * 3
+    assert (tmp_path / "ev" / "report.html").is_file() and (tmp_path / "ev" / "fields.json").is_file()
     assert '"translation_length"' in r.output and '"num_edits"' in r.output
 
     images = sorted((text_dataset / "test").glob("*.png"))

@@ -95,3 +95,25 @@ def test_folder_with_broken_config_or_pickle_weights_is_one_line(tmp_path, tiny_
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(InvoiceVLMError, match=r"pickled: cannot load model"):
         load(pickled)
+
+
+def test_the_embedded_model_is_shipped_tiny_and_loads_by_name():
+    """invoice-vlm-tiny: in the repository, at most 30M parameters and 30 MB of bf16 safetensors, a model card,
+    loaded by its name like a hub checkpoint (what demo, predict and train use by default)."""
+    import json
+
+    from safetensors import safe_open
+
+    from invoice_vlm.models import EMBEDDED_DIR, count_parameters, load
+
+    weights = EMBEDDED_DIR / "model.safetensors"
+    assert weights.stat().st_size <= 30e6
+    with safe_open(str(weights), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+    card = (EMBEDDED_DIR / "README.md").read_text()
+    assert "## Measured" in card and "| BLEU |" in card
+    model, processor = load("invoice-vlm-tiny")
+    assert type(model).__name__ == "PaliGemmaForConditionalGeneration" and count_parameters(model) <= 30e6
+    assert processor.image_processor.size == {"height": 768, "width": 768} and processor.image_seq_length == 576
+    info = json.loads((EMBEDDED_DIR / "export.json").read_text())
+    assert info["dtype"] == "bfloat16" and info["evaluations"]

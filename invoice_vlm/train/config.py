@@ -112,8 +112,9 @@ class EvalSettings:
 
 @dataclass
 class TrainConfig:
-    model: str = field(default="tiny-random",
-                       metadata={"help": "base model: a folder, a hub id, or tiny-random[-paligemma2]"})
+    model: str = field(default="invoice-vlm-tiny",
+                       metadata={"help": "base model: invoice-vlm-tiny (embedded), a folder, a hub id, or "
+                                         "tiny-random[-paligemma2|-idefics3] (fresh random weights)"})
     data: str = field(default="", metadata={"help": "dataset folder (imagefolder layout with splits)"})
     name: str = field(default="run", metadata={"help": "run name: the run is written to <output_root>/<name>"})
     output_root: str = field(default="runs", metadata={"help": "where runs are written"})
