@@ -265,6 +265,8 @@ def score(samples: list, predictions: list[str], task: str, workers: int = 0):
     scored = [k for k, s in enumerate(samples) if s.fields and s.meta.get("page", 1) == 1]
     if scored:
         field_scores = fmod.score_fields([predicted_fields[k] for k in scored], [samples[k].fields for k in scored])
+        # a field no reference knows (the real invoices list no due dates) has nothing to score
+        field_scores["per_field"] = {k: v for k, v in field_scores["per_field"].items() if v["support"]}
         if task == "extract":
             field_scores["json_valid"] = sum(fmod.parse_prediction(predictions[k])[1] for k in scored) / len(scored)
     rows = [{"id": s.id, "reference": r, "prediction": p, "cer": c, "image": s.image, "fields": f}
@@ -286,7 +288,9 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         samples = load_samples(cfg, Path(tmp), skipped)
         if not samples:
             raise InvoiceVLMError(f"{cfg.data}: nothing to evaluate" + (f" ({skipped[0]})" if skipped else ""))
-        info: dict[str, Any] = {"data": cfg.data, "split": cfg.split, "task": cfg.task, "engine": cfg.engine}
+        info: dict[str, Any] = {"data": cfg.data, "task": cfg.task, "engine": cfg.engine}
+        if Path(cfg.data).is_dir():
+            info["split"] = cfg.split
         t0 = time.perf_counter()
         if cfg.predictions:
             samples, predictions = read_predictions(Path(cfg.predictions), samples, skipped)
