@@ -107,6 +107,20 @@ def test_resume_ends_with_the_same_weights(tiny_model, text_dataset, tmp_path):
     assert any(not torch.equal(a[k], load_file(cfg.run_dir / "checkpoint-4" / "model.safetensors")[k]) for k in a)
 
 
+def test_resume_follows_the_new_checkpoint_interval(tiny_model, text_dataset, tmp_path):
+    """transformers keeps the checkpoint's save interval on resume; ours follows the resumed run's config."""
+    cfg = _cfg(tiny_model, text_dataset, tmp_path, "r", max_steps=2, save_strategy="steps", save_steps=2,
+               save_total_limit=10)
+    train.main(cfg)
+    import shutil
+
+    shutil.rmtree(cfg.run_dir / "model")
+    cfg.resume = True
+    cfg.sft.update(max_steps=5, save_steps=1)
+    train.main(cfg)
+    assert sorted(p.name for p in cfg.run_dir.glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(2, 6)]
+
+
 def test_length_grouped_batches_resume_exactly(tiny_model, tmp_path):
     """train_sampling_strategy: group_by_length (pretrain.yaml) batches targets of similar length from the dataset's
     ``length`` column; a run cut at step 3 and resumed takes the same pages in the same order."""

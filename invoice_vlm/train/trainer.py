@@ -41,6 +41,13 @@ class InvoiceTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.generation_eval = generation_eval
 
+    def _init_training_state(self, max_steps, *args, **kwargs):
+        out = super()._init_training_state(max_steps, *args, **kwargs)
+        # transformers restores logging/eval/save intervals from the checkpoint on resume (only warning that they
+        # differ); the run's own config wins, so a resumed pretraining can checkpoint more often than it did
+        self.state.compute_steps(self.args, max_steps)
+        return out
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from transformers import Trainer
 
