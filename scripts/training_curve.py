@@ -14,7 +14,8 @@ from pathlib import Path
 
 
 def load_points(run: Path) -> tuple[list[tuple[int, float, float]], dict]:
-    """[(examples seen, eval CER, train loss near that step)], and the run's settings."""
+    """[(examples seen, eval CER, train loss near that step)], and the run's settings (with ``losses``: every
+    logged (examples seen, train loss))."""
     finished = run / "train_result.json"
     if finished.is_file():
         history = json.loads(finished.read_text())["log_history"]
@@ -32,6 +33,7 @@ def load_points(run: Path) -> tuple[list[tuple[int, float, float]], dict]:
         if "eval_cer" in h:
             near = min(losses, key=lambda s: abs(s - h["step"])) if losses else None
             points.append((h["step"] * per_step, h["eval_cer"], losses.get(near, float("nan"))))
+    info["losses"] = [(step * per_step, loss) for step, loss in sorted(losses.items())]
     return points, info
 
 
@@ -44,7 +46,7 @@ def plot(run: Path, out: Path) -> Path:
     points, info = load_points(run)
     if not points:
         raise SystemExit(f"{run}: no evaluations logged yet (eval.steps)")
-    seen, cer, loss = zip(*points)
+    seen, cer, _ = zip(*points)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(seen, [100 * c for c in cer], marker="o", color="tab:blue", label="validation CER (greedy, full pages)")
     ax.set_xlabel("training examples seen (pages and bands)")
@@ -53,11 +55,11 @@ def plot(run: Path, out: Path) -> Path:
     ax.axhline(2, color="tab:green", linestyle="--", linewidth=1, label="target: CER 2%")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
-    ax2.plot(seen, loss, color="tab:orange", alpha=0.6, label="train loss")
+    ax2.plot(*zip(*info["losses"]), color="tab:orange", alpha=0.6, label="train loss (logged every 10 steps)")
     ax2.set_ylabel("train loss")
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    ax.legend(lines, labels, loc="upper right", fontsize=8)
+    ax.legend(lines, labels, loc="lower left", fontsize=8)
     n_eval = info.get("num_eval_samples", "?")
     ax.set_title(f"{run.name}: {info['config']['tiny']['image_size']} px, eval on {n_eval} validation pages",
                  fontsize=10)
