@@ -218,3 +218,12 @@ def test_rapidocr_missing_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # import fails as if not installed
     with pytest.raises(InvoiceVLMError, match=r"engine rapidocr: not installed \(pip install rapidocr_onnxruntime"):
         make_engine("rapidocr")
+
+
+def test_default_output_folder_names_what_and_where(tmp_path):
+    (tmp_path / "synth").mkdir()
+    assert ev.default_out(ev.EvalConfig(data=str(tmp_path / "synth"))) == Path("runs/eval/invoice-vlm-tiny-test")
+    assert ev.default_out(ev.EvalConfig(data="x/manifest.jsonl", engine="tesseract")) == Path(
+        "runs/eval/tesseract-manifest")
+    assert ev.default_out(ev.EvalConfig(data="x/manifest.jsonl", predictions="p/mine.jsonl")) == Path(
+        "runs/eval/mine-manifest")

@@ -1,12 +1,14 @@
-"""Evaluation: generate over a dataset split and score it.
+"""Evaluation: run a model, an OCR engine or a predictions file over a dataset split or a manifest, and score it.
 
 Run as::
 
     invoice-vlm eval --model runs/tiny-full/model --data data/synth --split test --out runs/tiny-full/eval
+    invoice-vlm eval --engine tesseract --data ../shared/data/real-invoices/manifest.jsonl --out runs/eval/tess
 
 Writes ``bleu.json`` and ``ter.json`` in exactly the shape of Hugging Face ``evaluate``'s ``bleu`` and ``ter``
-metrics (computed with sacrebleu, no network), ``metrics.json`` (those plus chrF, CER, WER, exact match and
-sacrebleu signatures) and ``predictions.jsonl``. The metric functions are pure functions over lists of strings.
+metrics (computed with sacrebleu, no network), ``metrics.json`` (those plus chrF, CER, WER, exact match, sacrebleu
+signatures, what was skipped), ``fields.json`` (key-field scores, :mod:`.fields`), ``predictions.jsonl`` and
+``report.html`` (:mod:`.report`). The metric functions are pure functions over lists of strings.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class EvalConfig:
     model: str = field(default="invoice-vlm-tiny", metadata={"help": "model folder or hub id (engine model)"})
     data: str = field(default="", metadata={"help": "dataset folder, or a manifest .jsonl of PDFs/images"})
     split: str = field(default="test", metadata={"help": "split to evaluate (dataset folders)"})
-    out: str = field(default="", metadata={"help": "output folder (default: <model>/../eval-<split>)"})
+    out: str = field(default="", metadata={"help": "output folder (default: runs/eval/<model>-<split>)"})
     task: str = field(default="ocr", metadata={"help": "ocr (transcription) or extract (key fields as JSON)"})
     engine: str = field(default="model", metadata={"help": "model, tesseract or rapidocr"})
     predictions: str = field(default="", metadata={"help": "score this predictions .jsonl (id, prediction) "
@@ -281,8 +283,7 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
 
     if not cfg.data:
         raise InvoiceVLMError("eval: --data is required (a dataset folder or a manifest .jsonl)")
-    out = Path(cfg.out) if cfg.out else (Path(cfg.model).parent / f"eval-{cfg.split}" if cfg.engine == "model"
-                                         and not cfg.predictions else Path("runs") / f"eval-{cfg.engine}")
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="invoice-vlm-pages-") as tmp:
         samples = load_samples(cfg, Path(tmp), skipped)
@@ -323,6 +324,14 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
                 write_report(stage / "report.html", summary, rows, field_scores,
                              title=f"invoice-vlm eval: {info.get('model', info['engine'])} on {cfg.data}")
     return {**summary, "fields": field_scores, "out": str(out)}
+
+
+def default_out(cfg: EvalConfig) -> Path:
+    """runs/eval/<model, engine or predictions file>-<split or manifest name>"""
+    who = Path(cfg.predictions).stem if cfg.predictions else (Path(cfg.model).name if cfg.engine == "model"
+                                                               else cfg.engine)
+    data = Path(cfg.data)
+    return Path("runs") / "eval" / f"{who}-{cfg.split if data.is_dir() else data.stem}"
 
 
 def make_predictor(cfg: EvalConfig, samples: list, info: dict[str, Any]):
