@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 APT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-crosextra-carlito \
   fonts-crosextra-caladea fonts-lato fonts-open-sans tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu \
-  tesseract-ocr-fra tesseract-ocr-spa tesseract-ocr-ita tesseract-ocr-nld chromium
+  tesseract-ocr-fra tesseract-ocr-spa tesseract-ocr-ita tesseract-ocr-nld chromium chromium-driver
 BIN := $(VENV)/bin
 
 .PHONY: demo test install clean bench docs

@@ -147,6 +147,31 @@ def bench_eval(n: int = typer.Option(1000, help="predictions to score"),
     _guard(go)
 
 
+@bench_app.command("predict")
+def bench_predict(
+    model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id"),
+    n: int = typer.Option(32, help="synthetic invoice pages"),
+    batch_size: int = typer.Option(16, help="the engine's batch size"),
+    max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
+    int8: bool = typer.Option(False, "--int8", help="also measure the engine with dynamic int8 quantisation"),
+    random_weights: bool = typer.Option(False, "--random-weights",
+                                        help="the model's architecture with fresh random weights: it writes "
+                                             "max-new-tokens a page, as a model that reads whole pages does"),
+) -> None:
+    """Pages/s and latency: one generate() per page (naive) vs the engine, same pages; fails unless the greedy texts
+    are identical."""
+    from .infer.bench import bench
+
+    def go():
+        rows = bench(model=model, n=n, batch_size=batch_size, max_new_tokens=max_new_tokens, quantize=int8,
+                     fresh=random_weights)
+        _print_bench(f"invoice-vlm bench predict ({model}{', random weights' if random_weights else ''}, {n} pages, {os.cpu_count()} CPUs)", rows, {
+            "variant": "variant", "batch": "batch", "pages_per_s": "pages/s", "vs_naive": "vs naive",
+            "p50_s": "p50 s", "p95_s": "p95 s", "seconds": "seconds", "identical": "same text"})
+
+    _guard(go)
+
+
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (configs/<model>/<method>.yaml)"),
@@ -231,54 +256,170 @@ def compare(
 
 @app.command()
 def predict(
-    files: list[Path] = typer.Argument(..., help="image files"),
+    files: list[Path] = typer.Argument(..., help="images, PDFs, or folders of them"),
     model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id"),
+    task: str = typer.Option("ocr", help="ocr (transcription) | extract (key fields as JSON)"),
+    fmt: str = typer.Option("text", "--format", help="text | json | jsonl"),
     batch_size: int = typer.Option(8, help="pages per forward pass"),
+    pages: Optional[str] = typer.Option(None, help="PDF pages to read, e.g. 1-3,5 (default: every page)"),
     max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
-    prompt: str = typer.Option("ocr", help="task prompt"),
+    dpi: int = typer.Option(200, help="PDF render resolution"),
+    quantize: Optional[str] = typer.Option(None, help="int8: dynamic int8 quantisation (CPU)"),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16 (default: bf16 on a GPU, fp32 on CPU)"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long runs)"),
 ) -> None:
-    """Transcribe image files and print the text of each."""
-    from .data import open_image
+    """Read invoices: every page of each image or PDF, printed as each batch finishes (bad files: one line each on
+    stderr, the others still read; exit code 1 if any failed)."""
+    from .data import parse_pages
     from .infer import Predictor
+    from .infer import files as fio
+    from .train.tasks import EXTRACT_PROMPT
 
     def go():
-        images, names, failed = [], [], 0
-        for f in files:
+        if task not in ("ocr", "extract"):
+            raise InvoiceVLMError(f"--task must be ocr or extract, got {task!r}")
+        if fmt not in ("text", "json", "jsonl"):
+            raise InvoiceVLMError(f"--format must be text, json or jsonl, got {fmt!r}")
+        wanted = parse_pages(pages)
+        paths, errors = fio.expand(files)
+        docs = []
+        for p in paths:
             try:
-                images.append(open_image(f))
-                names.append(f)
+                docs.append(fio.plan(p, wanted))
             except InvoiceVLMError as e:
-                _error_line(str(e))
-                failed += 1
-        if images:
-            predictor = Predictor.from_pretrained(model, max_new_tokens=max_new_tokens, batch_size=batch_size)
-            for name, text in zip(names, predictor.predict_iter(images, prompt)):
-                if len(files) > 1:
-                    typer.echo(f"==> {name} <==")
-                typer.echo(text)  # plain: the output is meant for pipes, so no Rich wrapping
-        if failed:
+                errors.append(str(e))
+        for e in errors:
+            _error_line(e)
+        if not docs:
+            raise typer.Exit(1)
+        predictor = Predictor.from_pretrained(model, device=device, dtype=dtype, quantize=quantize, compile=compile,
+                                              max_new_tokens=max_new_tokens, batch_size=batch_size)
+        failed = [len(errors)]
+
+        def items():
+            for d in docs:
+                try:
+                    for k, image in fio.page_images(d, dpi):
+                        yield (str(d.path), k, d.count), image
+                except InvoiceVLMError as e:
+                    _error_line(str(e))
+                    failed[0] += 1
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        results = []
+        multi = len(docs) > 1 or any(d.count > 1 for d in docs)
+        with Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=True) as bar:
+            job = bar.add_task("pages", total=sum(d.count for d in docs))
+            prompt = EXTRACT_PROMPT if task == "extract" else "ocr"
+            for (name, k, count), text in predictor.predict_stream(items(), prompt):
+                row = {"file": name, "page": k, "task": task, "text": text}
+                if task == "extract":
+                    from .evaluate.fields import parse_prediction
+
+                    row["fields"], row["json_valid"] = parse_prediction(text)
+                if fmt == "jsonl":
+                    typer.echo(json.dumps(row, ensure_ascii=False))
+                elif fmt == "json":
+                    results.append(row)
+                else:
+                    if multi:
+                        typer.echo(f"==> {name}" + (f" page {k}" if count > 1 else "") + " <==")
+                    typer.echo(text)  # plain: the output is meant for pipes, so no Rich wrapping
+                bar.advance(job)
+        if fmt == "json":
+            results.sort(key=lambda r: (r["file"], r["page"]))
+            typer.echo(json.dumps(results, ensure_ascii=False, indent=2))
+        if failed[0]:
             raise typer.Exit(1)
 
     _guard(go)
 
 
 @app.command()
+def serve(
+    model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, help="port"),
+    batch_size: int = typer.Option(8, help="most pages per forward pass (shared by concurrent requests)"),
+    max_wait_ms: float = typer.Option(10.0, help="how long a batch waits to fill"),
+    max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
+    max_upload_mb: float = typer.Option(20.0, help="largest upload (413 above)"),
+    max_pages: int = typer.Option(10, help="most pages per document (413 above)"),
+    timeout_s: float = typer.Option(120.0, help="per-request time limit (504 after)"),
+    api_key: Optional[str] = typer.Option(None, envvar="INVOICE_VLM_API_KEY",
+                                          help="require this key (X-API-Key header or Bearer token)"),
+    quantize: Optional[str] = typer.Option(None, help="int8: dynamic int8 quantisation (CPU)"),
+) -> None:
+    """HTTP API (POST /v1/ocr, /v1/extract; GET /health, /metrics, /docs) and a web page at /."""
+    from . import serve as srv
+
+    def go():
+        srv.main(srv.ServeConfig(model=model, host=host, port=port, batch_size=batch_size, max_wait_ms=max_wait_ms,
+                                 max_new_tokens=max_new_tokens, max_upload_mb=max_upload_mb, max_pages=max_pages,
+                                 timeout_s=timeout_s, api_key=api_key, quantize=quantize))
+
+    _guard(go)
+
+
+@app.command()
 def export(
-    model: str = typer.Option(..., help="model folder or checkpoint (runs/<name>/model, runs/<name>/checkpoint-N)"),
+    model: str = typer.Option(..., help="run folder, model or adapter folder, or checkpoint (runs/<name>, "
+                                        "runs/<name>/checkpoint-N)"),
     out_dir: Path = typer.Option(..., "--out", help="release folder to write"),
-    dtype: str = typer.Option("bfloat16", help="float32 | bfloat16 | float16"),
+    dtype: str = typer.Option("bf16", help="bf16 | fp16 | fp32 (or bfloat16 | float16 | float32)"),
+    merge_lora: bool = typer.Option(False, "--merge-lora", help="merge a LoRA adapter into its base model"),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="export the PEFT adapter alone"),
     evals: Optional[list[Path]] = typer.Option(None, "--eval", help="evaluation folder whose numbers go into the "
                                                                     "model card (repeatable)"),
-    name: Optional[str] = typer.Option(None, help="model name in the card (default: the folder name)"),
+    name: Optional[str] = typer.Option(None, help="model name in the card, e.g. the repo id (default: the folder "
+                                                  "name)"),
     card: Optional[Path] = typer.Option(None, help="Markdown file with the card's description"),
 ) -> None:
-    """Export a trained model as a release folder: safetensors in DTYPE, processor, model card with metrics."""
+    """Export a trained model as a folder plain transformers (or PEFT) loads: safetensors, processor, model card."""
     from . import hub
 
     def go():
+        if card and not card.is_file():
+            raise InvoiceVLMError(f"{card}: card file not found")
         body = card.read_text(encoding="utf-8") if card else ""
-        path = hub.export(model, out_dir, dtype, evals, name, body)
+        path = hub.export(model, out_dir, dtype, evals, name, body, merge_lora=merge_lora, adapter_only=adapter_only)
         out.print(f"wrote {path}")
+
+    _guard(go)
+
+
+@app.command()
+def push(
+    model: Path = typer.Option(..., help="an export folder (invoice-vlm export)"),
+    repo_id: str = typer.Option(..., "--repo-id", help="USER/NAME on the Hugging Face Hub"),
+    private: bool = typer.Option(False, help="create the repo private"),
+    token: Optional[str] = typer.Option(None, help="Hub token (default: HF_TOKEN or the saved login)"),
+) -> None:
+    """Upload an exported model (or adapter) with its card to a Hub model repo."""
+    from . import hub
+
+    def go():
+        out.print(f"pushed {model} to {hub.push(model, repo_id, private, token)}")
+
+    _guard(go)
+
+
+@app.command("push-dataset")
+def push_dataset(
+    data: Path = typer.Option(..., help="dataset folder (invoice-vlm synth or an import)"),
+    repo_id: str = typer.Option(..., "--repo-id", help="USER/NAME on the Hugging Face Hub"),
+    private: bool = typer.Option(False, help="create the repo private"),
+    token: Optional[str] = typer.Option(None, help="Hub token (default: HF_TOKEN or the saved login)"),
+    keep: Optional[Path] = typer.Option(None, help="also keep the parquet folder and card here"),
+) -> None:
+    """Upload a dataset as parquet (images embedded) with a dataset card to a Hub dataset repo."""
+    from . import hub
+
+    def go():
+        out.print(f"pushed {data} to {hub.push_dataset(data, repo_id, private, token, keep)}")
 
     _guard(go)
 

@@ -175,17 +175,116 @@ def check_image(path: Path, where: str | None = None) -> None:
         raise InvoiceVLMError(f"{prefix}{path}: image does not open ({e.__class__.__name__}: {e})") from None
 
 
+MAX_PAGE_PIXELS = 50_000_000  # a letter page at 600 dpi is 34M pixels; a bigger "page" is a decompression bomb
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any page image as 8-bit RGB on white: transparency is composited onto white (not dropped, which turns
+    transparent paper black), 16-bit and 32-bit greyscale are scaled (not clipped, which turns them white), CMYK
+    and palette images are converted."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return Image.fromarray((np.clip(a / top, 0, 1) * 255).round().astype("uint8"), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info or im.mode in ("PA", "LA", "RGBA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        page = Image.new("RGBA", rgba.size, "white")
+        page.alpha_composite(rgba)
+        return page.convert("RGB")
+    return im.convert("RGB")
+
+
+def _check_pixels(name: str, size: tuple[int, int]) -> None:
+    if size[0] * size[1] > MAX_PAGE_PIXELS:
+        raise InvoiceVLMError(f"{name}: image too large ({size[0]}x{size[1]} pixels; at most "
+                              f"{MAX_PAGE_PIXELS // 1_000_000}M per page)")
+    if min(size) < 1:
+        raise InvoiceVLMError(f"{name}: image has no pixels")
+
+
+def image_from_bytes(data: bytes, name: str) -> Image.Image:
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                _check_pixels(name, im.size)  # before decoding: the header is enough
+                im.load()
+                return to_rgb(im)
+    except InvoiceVLMError:
+        raise
+    except (*_IMAGE_ERRORS, Image.DecompressionBombWarning) as e:
+        raise InvoiceVLMError(f"{name}: image does not open ({e.__class__.__name__}: {e})") from None
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Open a page image as RGB, with a one-line error naming the file when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise InvoiceVLMError(f"{path}: file not found")
+    return image_from_bytes(path.read_bytes(), str(path))
+
+
+def parse_pages(spec: str | None) -> list[int] | None:
+    """``"1-3,5"`` -> [1, 2, 3, 5] (1-based page numbers); None or "" -> None (every page)."""
+    if not spec:
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or int(lo) < 1 or (hi and int(hi) < int(lo)):
+            raise InvoiceVLMError(f"--pages {spec!r}: expected page numbers from 1 like 1-3,5")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return sorted(set(out))
+
+
+def is_pdf(data: bytes) -> bool:
+    return b"%PDF-" in data[:1024]  # the header may follow a little junk, as readers allow
+
+
+def document_pages(data: bytes, name: str, pages: list[int] | None = None, dpi: int = 200,
+                   max_pages: int | None = None) -> list[tuple[int, Image.Image]]:
+    """(1-based page number, RGB image) for every page of an image or PDF given as bytes; ``pages`` picks some.
+    Anything wrong is one :class:`InvoiceVLMError` naming ``name``: empty, not an image or PDF, encrypted or
+    broken PDF, a page past the end, too many pages, a page too large to render."""
+    if not data:
+        raise InvoiceVLMError(f"{name}: empty file")
+    if not is_pdf(data):
+        if pages and pages != [1]:
+            raise InvoiceVLMError(f"{name}: an image has one page (asked for pages {pages})")
+        return [(1, image_from_bytes(data, name))]
+    import pypdfium2 as pdfium
+
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except _IMAGE_ERRORS as e:
-        raise InvoiceVLMError(f"{path}: image does not open ({e.__class__.__name__}: {e})") from None
+        pdf = pdfium.PdfDocument(data)
+    except (pdfium.PdfiumError, OSError) as e:
+        raise InvoiceVLMError(f"{name}: PDF does not open ({e})") from None
+    try:
+        n = len(pdf)
+        if n == 0:
+            raise InvoiceVLMError(f"{name}: PDF has no pages")
+        wanted = pages or list(range(1, n + 1))
+        if wanted[-1] > n:
+            raise InvoiceVLMError(f"{name}: no page {wanted[-1]} (the PDF has {n})")
+        if max_pages and len(wanted) > max_pages:
+            raise InvoiceVLMError(f"{name}: {len(wanted)} pages, at most {max_pages} per document")
+        out = []
+        for k in wanted:
+            page = pdf[k - 1]
+            w, h = page.get_size()
+            _check_pixels(f"{name} page {k}", (int(w * dpi / 72), int(h * dpi / 72)))
+            try:
+                out.append((k, page.render(scale=dpi / 72).to_pil().convert("RGB")))
+            except pdfium.PdfiumError as e:
+                raise InvoiceVLMError(f"{name} page {k}: does not render ({e})") from None
+        return out
+    finally:
+        pdf.close()
 
 
 def pdf_text(path: str | Path, page: int = 0) -> str:

@@ -92,8 +92,12 @@ def build_processor(tokenizer, image_size: int, patch_size: int):
     from transformers import PaliGemmaProcessor, SiglipImageProcessorPil
 
     seq = (image_size // patch_size) ** 2
+    # White paper maps to 0 and ink to -2 (mean 1, not SigLIP's 0.5). With 0.5 every blank patch carries the same
+    # large vector and the ink is a small change on top of it: trained from scratch, the vision tower collapsed to
+    # one output for every patch and the decoder learned to ignore the image (features varied 0.3% across patches
+    # after 500 steps). With blank = 0, a patch's embedding is its ink plus its position.
     image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
-                                              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+                                              image_mean=[1.0, 1.0, 1.0], image_std=[0.5, 0.5, 0.5])
     image_processor.image_seq_length = seq
     # The processor adds <image> (already ours) and PaliGemma's 1024 <locNNNN> + 128 <segNNN> tokens.
     return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)

@@ -172,7 +172,11 @@ def test_evaluation_while_training_keeps_the_best_and_stops_early(tiny_model, te
     result = json.loads((run_dir / "train_result.json").read_text())
     evals = [h for h in result["log_history"] if "eval_cer" in h]
     assert [h["step"] for h in evals] == [2, 4]
-    assert {"eval_bleu", "eval_ter", "eval_cer", "eval_wer", "eval_chrf"} <= evals[0].keys()
+    assert {"eval_bleu", "eval_ter", "eval_cer", "eval_wer", "eval_chrf", "eval_distinct"} <= evals[0].keys()
+    # the image check: loss with each page's own image vs another page's (learning rate 0: the untrained model)
+    e = evals[0]
+    assert e["eval_image_gap"] == pytest.approx(e["eval_loss_other_image"] - e["eval_loss_right_image"])
+    assert e["eval_loss_right_image"] > 0 and e["eval_loss_right_image"] != e["eval_loss_other_image"]
     assert result["global_step"] == 4 and result["best_checkpoint"].endswith("checkpoint-2")
     assert result["best_metric"] == evals[0]["eval_cer"]
 
@@ -186,6 +190,25 @@ def test_evaluation_without_keep_best_checkpoints_on_its_own_schedule(tiny_model
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == [f"checkpoint-{i}" for i in range(1, 5)]
     result = json.loads((run_dir / "train_result.json").read_text())
     assert [h["step"] for h in result["log_history"] if "eval_cer" in h] == [4]
+
+
+def test_vision_lr_scale_slows_the_vision_tower_only(tiny_model, text_dataset, tmp_path):
+    """Adam's first steps move every weight by about the learning rate: at scale 0.1 the vision tower moves a
+    tenth as far as at scale 1, and the decoder as far."""
+    before = load_file(tiny_model / "model.safetensors")
+
+    def moved(scale):
+        cfg = _cfg(tiny_model, text_dataset, tmp_path, name=f"s{scale}", max_steps=2, learning_rate=1e-3)
+        cfg.vision_lr_scale = scale
+        after = load_file(train.main(cfg) / "model" / "model.safetensors")
+        part = {"vision": "vision_tower", "language": "language_model"}
+        return {k: max((after[n] - before[n]).abs().max().item() for n in before if v in n) for k, v in part.items()}
+
+    full, slow = moved(1.0), moved(0.1)
+    assert slow["vision"] == pytest.approx(0.1 * full["vision"], rel=0.3)
+    assert slow["language"] == pytest.approx(full["language"], rel=0.3)
+    with pytest.raises(ValueError, match="vision_lr_scale"):
+        train.TrainConfig(vision_lr_scale=0)
 
 
 def _sample(i, **kw) -> Sample:

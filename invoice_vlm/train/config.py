@@ -126,6 +126,8 @@ class TrainConfig:
                         metadata={"help": "task ratios: ocr (transcription), extract (fields as JSON), answer (QA), "
                                           "lines (transcribe a band of rows; a pretraining curriculum step)"})
     repeat: int = field(default=1, metadata={"help": "passes over the training pages, each drawing tasks afresh"})
+    vision_lr_scale: float = field(default=1.0, metadata={"help": "learning-rate multiplier of the vision tower "
+                                                                  "(< 1: it moves slower than the decoder)"})
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig,
                                   metadata={"help": "architecture of a tiny-random model (ignored otherwise)"})
     prompt: str = field(default="ocr", metadata={"help": "prompt of the transcription task"})
@@ -172,6 +174,8 @@ class TrainConfig:
                 raise ValueError(f"tasks.{task}: expected a ratio >= 0, got {ratio!r}")
         if not sum(self.tasks.values()) > 0:
             raise ValueError("tasks: the ratios add up to 0")
+        if not self.vision_lr_scale > 0:
+            raise ValueError(f"vision_lr_scale: expected a number > 0, got {self.vision_lr_scale!r}")
         f = self.freeze
         if f.vision and f.projector and f.language and self.method == "full":
             raise ValueError("freeze: everything is frozen; nothing would train")

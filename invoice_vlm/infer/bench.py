@@ -1,0 +1,104 @@
+"""``invoice-vlm bench predict``: the engine against the naive way, same model, same pages, same run.
+
+Naive is what the blog-post notebooks do: one ``model.generate`` per page. The engine batches pages (left
+padding, KV cache, pages sorted by how much text they show). Both decode greedily, so the texts must be identical:
+the benchmark fails if a single page differs. Latency of a page is the time until its text is out: for the naive
+way its own ``generate``, for the engine its batch (every page of a batch finishes together)."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..common import InvoiceVLMError
+
+
+def bench_pages(n: int, dpi: int = 100, seed: int = 7) -> list:
+    """n synthetic invoice pages (clean renders at the embedded model's training resolution)."""
+    from PIL import Image
+
+    from ..data import read_split
+    from ..synth import generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = generate.SynthConfig(out=str(Path(tmp) / "d"), n=n, seed=seed, split="test=1.0", dpi=dpi, max_items=6)
+        generate.main(cfg, progress=False)
+        pages = []
+        for s in read_split(cfg.out, "test")[:n]:
+            with Image.open(s.image) as im:
+                pages.append(im.convert("RGB"))
+        return pages
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def random_weights(predictor, seed: int = 0) -> None:
+    """Replace the weights by fresh random ones of the same architecture: a model that writes until
+    ``max_new_tokens`` (it almost never picks the end token), i.e. page-length output whatever it was trained on."""
+    import torch
+
+    torch.manual_seed(seed)
+    fresh = type(predictor.model)(predictor.model.config).eval()
+    predictor.model = fresh
+
+
+def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, max_new_tokens: int = 512,
+          quantize: bool = False, fresh: bool = False) -> list[dict[str, Any]]:
+    from . import Predictor, naive_predict
+
+    images = bench_pages(n)
+    engine = Predictor.from_pretrained(model, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens)
+    if fresh:
+        random_weights(engine)
+    rows = []
+
+    # naive: one generate per page, in the order given
+    t0 = time.perf_counter()
+    naive, lat = [], []
+    for im in images:
+        s = time.perf_counter()
+        naive.append(naive_predict(engine.model, engine.processor, im, max_new_tokens=max_new_tokens))
+        lat.append(time.perf_counter() - s)
+    naive_s = time.perf_counter() - t0
+    rows.append(_row("naive (generate per page)", 1, n, naive_s, lat, naive_s))
+
+    variants = [("engine", engine)]
+    if quantize:
+        from . import quantize_int8
+
+        variants.append(("engine + int8", Predictor(quantize_int8(engine.model), engine.processor,
+                                                    batch_size=batch_size, max_new_tokens=max_new_tokens)))
+    for name, pred in variants:
+        t0 = time.perf_counter()
+        texts: dict[int, str] = {}
+        lat = []
+        last = t0
+        for k, text in pred.predict_stream(enumerate(images)):
+            now = time.perf_counter()
+            texts[k] = text
+            lat.append(now - last if now - last > 1e-3 else lat[-1])  # pages of one batch share its time
+            last = now
+        secs = time.perf_counter() - t0
+        got = [texts[k] for k in range(n)]
+        same = sum(a == b for a, b in zip(got, naive))
+        row = _row(name, batch_size, n, secs, lat, naive_s)
+        row["identical"] = f"{same}/{n}"
+        rows.append(row)
+        if name == "engine" and same != n:
+            bad = next(k for k in range(n) if got[k] != naive[k])
+            raise InvoiceVLMError(f"bench predict: the engine's greedy text differs from generate's on page {bad}: "
+                                  f"{got[bad][:60]!r} vs {naive[bad][:60]!r}")
+    rows[0]["identical"] = "-"
+    return rows
+
+
+def _row(name: str, batch: int, n: int, secs: float, lat: list[float], naive_s: float) -> dict[str, Any]:
+    return {"variant": name, "batch": batch, "pages": n, "seconds": round(secs, 2),
+            "pages_per_s": round(n / secs, 3), "vs_naive": round(naive_s / secs, 2),
+            "p50_s": round(statistics.median(lat), 3), "p95_s": round(_pct(lat, 0.95), 3)}

@@ -1,0 +1,308 @@
+"""The HTTP service: ``invoice-vlm serve --model M --host 127.0.0.1 --port 8000``.
+
+- ``POST /v1/ocr`` and ``POST /v1/extract``: one multipart file (an image or a PDF; every page is read);
+  answers ``{"file", "task", "pages": [{"page", "text"(, "fields", "json_valid")}], "seconds"}``.
+- ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI), ``GET /``: a page to try it.
+- Concurrent requests share forward passes: pages go to one queue, and a single worker takes up to
+  ``batch_size`` of them at a time (waiting at most ``max_wait_ms`` for a batch to fill) and hands them to the
+  engine (:class:`invoice_vlm.infer.Predictor`), which knows nothing about HTTP.
+- Limits, each answered with a JSON error: upload size (413), pages per document (413), content type (415),
+  a file that does not open (422), per-request timeout (504), API key when one is set (401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import File, Request, UploadFile  # module level: the endpoints' annotations name them
+
+from .common import InvoiceVLMError
+
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/tiff", "image/webp", "image/bmp", "image/gif"}
+ALLOWED_TYPES = IMAGE_TYPES | {"application/pdf", "application/octet-stream"}
+
+
+@dataclass
+class ServeConfig:
+    model: str = field(default="invoice-vlm-tiny", metadata={"help": "model folder or hub id"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8000, metadata={"help": "port"})
+    batch_size: int = field(default=8, metadata={"help": "most pages per forward pass"})
+    max_wait_ms: float = field(default=10.0, metadata={"help": "how long a batch waits to fill after its first page"})
+    max_new_tokens: int = field(default=512, metadata={"help": "most tokens generated per page"})
+    max_upload_mb: float = field(default=20.0, metadata={"help": "largest upload (413 above)"})
+    max_pages: int = field(default=10, metadata={"help": "most pages per document (413 above)"})
+    timeout_s: float = field(default=120.0, metadata={"help": "per-request time limit (504 after)"})
+    dpi: int = field(default=200, metadata={"help": "PDF render resolution"})
+    api_key: str | None = field(default=None, metadata={"help": "require this key (X-API-Key or Bearer)"})
+    quantize: str | None = field(default=None, metadata={"help": "int8 (CPU)"})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class MicroBatcher:
+    """One queue of pages, one worker: concurrent requests' pages are generated together, up to ``batch_size``."""
+
+    def __init__(self, predictor, batch_size: int, max_wait_ms: float, metrics: "Metrics"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.predictor = predictor
+        # One thread runs the model, always the same: the model is not shared between threads, and glibc gives
+        # each thread its own malloc arena, so a rotating pool of threads grew the process by a fifth over 500
+        # requests (scripts/load_test.py) where one thread stays flat.
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.decode_threads = ThreadPoolExecutor(2, thread_name_prefix="decode")  # images and PDFs to pages
+        self.batch_size = batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.metrics = metrics
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._worker())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.model_thread.shutdown(wait=False, cancel_futures=True)
+        self.decode_threads.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, image, prompt: str) -> str:
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((image, prompt, fut))
+        self.metrics.queue.set(self.queue.qsize())
+        return await fut
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.batch_size:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+                except asyncio.TimeoutError:
+                    break
+            batch = [b for b in batch if not b[2].done()]  # a timed-out request's pages are not generated
+            self.metrics.queue.set(self.queue.qsize())
+            if not batch:
+                continue
+            try:
+                texts = await loop.run_in_executor(self.model_thread, self.predictor.generate_batch,
+                                                   [b[0] for b in batch], [b[1] for b in batch])
+            except Exception as e:  # the model failed: every waiting request gets a 500, the server lives on
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            self.metrics.batch.observe(len(batch))
+            self.metrics.pages.inc(len(batch))
+            for (_, _, fut), text in zip(batch, texts):
+                if not fut.done():
+                    fut.set_result(text)
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes: the load script watches it
+        self.requests = Counter("invoice_vlm_requests", "HTTP requests", ["endpoint", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("invoice_vlm_request_seconds", "request latency", ["endpoint"],
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=self.registry)
+        self.pages = Counter("invoice_vlm_pages", "pages read", registry=self.registry)
+        self.batch = Histogram("invoice_vlm_batch_pages", "pages per forward pass",
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.queue = Gauge("invoice_vlm_queue_pages", "pages waiting", registry=self.registry)
+
+
+def _page_preview(image, width: int = 900) -> str:
+    im = image.copy()
+    im.thumbnail((width, width * 2))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def create_app(predictor, cfg: ServeConfig | None = None, model_name: str = ""):
+    """The FastAPI app around an engine (tests pass a small one; ``serve`` loads ``cfg.model``)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from .data import document_pages
+    from .evaluate.fields import parse_prediction
+    from .train.tasks import EXTRACT_PROMPT
+
+    cfg = cfg or ServeConfig()
+    metrics = Metrics()
+    batcher = MicroBatcher(predictor, cfg.batch_size, cfg.max_wait_ms, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="invoice-vlm", version="0.1.0", lifespan=lifespan,
+                  description="Invoice OCR and key-field extraction with a vision-language model.")
+    app.state.batcher, app.state.metrics, app.state.config = batcher, metrics, cfg
+
+    def error(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        return error(500, "internal_error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        t0 = time.perf_counter()
+        endpoint = request.url.path if request.url.path in ("/v1/ocr", "/v1/extract", "/health", "/") else "other"
+        length = request.headers.get("content-length", "")
+        # refuse a huge body before reading it (the multipart parser would spool all of it first)
+        if length.isdigit() and int(length) > cfg.max_upload_mb * 1024 * 1024 + 64 * 1024:
+            response = error(413, "too_large", f"request body of {int(length)} bytes; uploads up to "
+                                               f"{cfg.max_upload_mb:g} MB")
+        else:
+            response = await call_next(request)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    def check_key(request: Request) -> None:
+        if not cfg.api_key:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = given or auth[7:].strip()
+        if not given or not secrets.compare_digest(given.encode(), cfg.api_key.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong API key (X-API-Key header or Bearer token)")
+
+    async def read_upload(file: UploadFile) -> bytes:
+        limit = int(cfg.max_upload_mb * 1024 * 1024)
+        ctype = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
+        if ctype not in ALLOWED_TYPES:
+            raise ApiError(415, "unsupported_media_type",
+                           f"{file.filename}: content type {ctype} not accepted (an image or application/pdf)")
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, "too_large", f"{file.filename}: larger than {cfg.max_upload_mb:g} MB")
+        return data
+
+    async def run(task: str, request: Request, file: UploadFile, preview: bool) -> dict[str, Any]:
+        check_key(request)
+        t0 = time.perf_counter()
+        data = await read_upload(file)
+        name = file.filename or "upload"
+        from .data import is_pdf
+
+        if data and not is_pdf(data) and not _looks_like_image(data):
+            raise ApiError(415, "unsupported_media_type", f"{name}: neither an image nor a PDF")
+        try:
+            pages = await asyncio.get_running_loop().run_in_executor(
+                batcher.decode_threads, document_pages, data, name, None, cfg.dpi, cfg.max_pages)
+        except InvoiceVLMError as e:
+            msg = str(e)
+            status = 413 if "per document" in msg or "too large" in msg else 422
+            raise ApiError(status, "too_large" if status == 413 else "unreadable", msg) from None
+        prompt = EXTRACT_PROMPT if task == "extract" else "ocr"
+        try:
+            texts = await asyncio.wait_for(asyncio.gather(*(batcher.submit(im, prompt) for _, im in pages)),
+                                           cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"{name}: not done within {cfg.timeout_s:g} s") from None
+        out = []
+        for (k, im), text in zip(pages, texts):
+            row: dict[str, Any] = {"page": k, "text": text}
+            if task == "extract":
+                row["fields"], row["json_valid"] = parse_prediction(text)
+            if preview:
+                row["preview"] = _page_preview(im)
+            out.append(row)
+        return {"file": name, "task": task, "model": model_name, "pages": out,
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+    @app.post("/v1/ocr", summary="Transcribe every page of an invoice (image or PDF)")
+    async def ocr(request: Request, file: UploadFile = File(...), preview: bool = False):
+        return await run("ocr", request, file, preview)
+
+    @app.post("/v1/extract", summary="Key fields of every page of an invoice, as JSON")
+    async def extract(request: Request, file: UploadFile = File(...), preview: bool = False):
+        return await run("extract", request, file, preview)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "queue": batcher.queue.qsize() if batcher.queue else 0}
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse((Path(__file__).parent / "web" / "index.html").read_text(encoding="utf-8"))
+
+    return app
+
+
+def _looks_like_image(data: bytes) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return bool(im.format)
+    except Exception:
+        # a known image signature that does not open is a broken image (422 later), not an unknown type
+        return data[:8].startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*", b"BM", b"RIFF"))
+
+
+def main(cfg: ServeConfig) -> None:
+    import uvicorn
+
+    from .infer import Predictor
+
+    predictor = Predictor.from_pretrained(cfg.model, quantize=cfg.quantize, max_new_tokens=cfg.max_new_tokens,
+                                          batch_size=cfg.batch_size)
+    uvicorn.run(create_app(predictor, cfg, cfg.model), host=cfg.host, port=cfg.port, log_level="info")

@@ -1,0 +1,187 @@
+"""The inference engine and ``invoice-vlm predict``: batched text equals one-generate-per-page text, order, int8,
+PDFs and pages, and every kind of bad input as one line naming the file."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from invoice_vlm.cli import app
+from invoice_vlm.common import InvoiceVLMError
+from invoice_vlm.data import document_pages, parse_pages, to_rgb
+from invoice_vlm.infer import Predictor, ink, naive_predict, quantize_int8
+from invoice_vlm.models import load
+
+runner = CliRunner()
+
+
+def page(text: str, size=(160, 200), lines: int = 1) -> Image.Image:
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    for k in range(lines):
+        d.text((8, 10 + 14 * k), text, fill="black")
+    return im
+
+
+def png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def pdf_bytes(texts: list[str], encrypt: str | None = None) -> bytes:
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, pagesize=(200, 240), encrypt=encrypt)
+    for t in texts:
+        c.drawString(20, 200, t)
+        c.showPage()
+    c.save()
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    model, processor = load(tiny_model)
+    return model, processor
+
+
+def test_batched_engine_gives_the_same_greedy_text_as_one_generate_per_page(engine):
+    model, processor = engine
+    images = [page("AB 12", lines=k) for k in range(1, 6)] + [page("x", size=(90, 300))]
+    naive = [naive_predict(model, processor, im, max_new_tokens=10) for im in images]
+    pred = Predictor(model, processor, max_new_tokens=10, batch_size=4, window=2)
+    assert pred.predict(images) == naive
+    assert pred.stats["batches"] == 2 and pred.stats["pages"] == 6
+
+
+def test_stream_sorts_by_text_amount_and_predict_keeps_input_order(engine):
+    model, processor = engine
+    images = [page("AB 12", lines=k) for k in (1, 9, 3, 12)]
+    assert ink(images[3]) > ink(images[1]) > ink(images[2]) > ink(images[0])
+    pred = Predictor(model, processor, max_new_tokens=4, batch_size=2, window=2)
+    keys = [k for k, _ in pred.predict_stream(enumerate(images))]
+    assert keys == [3, 1, 2, 0]  # most text first: the long pages share a batch
+    texts = dict(Predictor(model, processor, max_new_tokens=4, batch_size=1).predict_stream(enumerate(images)))
+    assert pred.predict(images) == [texts[k] for k in range(4)]
+
+
+def test_int8_quantises_the_linear_layers_and_still_generates(engine, tiny_model):
+    import torch
+
+    model, processor = load(tiny_model)
+    q = quantize_int8(model)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    assert any(isinstance(m, DynamicLinear) for m in q.modules())
+    assert not any(type(m) is torch.nn.Linear for m in q.modules())
+    out = Predictor(q, processor, max_new_tokens=6).predict([page("AB 12")])
+    assert len(out) == 1 and isinstance(out[0], str)
+    with pytest.raises(InvoiceVLMError, match="CPU only"):
+        Predictor.from_pretrained(str(tiny_model), device="cuda", quantize="int8")
+
+
+def test_images_of_every_mode_become_rgb_on_white():
+    ink_grey = 40
+    base = Image.new("L", (40, 20), 255)
+    ImageDraw.Draw(base).rectangle((5, 5, 20, 15), fill=ink_grey)
+    # 16-bit: scaled, not clipped to white
+    im16 = Image.fromarray((np.asarray(base, dtype=np.uint16) * 257).astype(np.uint16))
+    assert im16.mode.startswith("I;16") or im16.mode == "I"
+    assert to_rgb(im16).getpixel((10, 10)) == (ink_grey,) * 3 and to_rgb(im16).getpixel((30, 2)) == (255,) * 3
+    # transparent paper: white, not black
+    rgba = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
+    ImageDraw.Draw(rgba).rectangle((5, 5, 20, 15), fill=(0, 0, 0, 255))
+    assert to_rgb(rgba).getpixel((30, 2)) == (255, 255, 255) and to_rgb(rgba).getpixel((10, 10)) == (0, 0, 0)
+    # palette with a transparent index, CMYK
+    pal = rgba.convert("P")
+    pal.info["transparency"] = pal.getpixel((30, 2))
+    assert to_rgb(pal).getpixel((30, 2)) == (255, 255, 255)
+    cmyk = Image.new("CMYK", (10, 10), (0, 0, 0, 0))
+    assert to_rgb(cmyk).getpixel((5, 5)) == (255, 255, 255)
+    for im in (im16, rgba, pal, cmyk):
+        buf = io.BytesIO()
+        im.save(buf, "TIFF" if im.mode == "CMYK" else "PNG")
+        [(k, got)] = document_pages(buf.getvalue(), "x")
+        assert k == 1 and got.mode == "RGB"
+
+
+@pytest.mark.parametrize("case,match", [
+    ("empty", "empty file"),
+    ("truncated", "image does not open"),
+    ("garbage", "image does not open"),
+    ("bomb", "image too large"),
+    ("encrypted", "PDF does not open"),
+    ("broken-pdf", "PDF does not open"),
+    ("page-past-end", "no page 3"),
+    ("too-many-pages", "at most 1 per document"),
+])
+def test_bad_documents_are_one_line_naming_the_file(case, match):
+    good = png(page("AB 12"))
+    data = {
+        "empty": b"", "truncated": good[:len(good) // 2], "garbage": b"hello, this is not an invoice\n" * 10,
+        "bomb": png(Image.new("1", (10000, 6000), 1)), "encrypted": pdf_bytes(["a"], encrypt="secret"),
+        "broken-pdf": b"%PDF-1.7\n" + b"\x00garbage" * 50, "page-past-end": pdf_bytes(["a", "b"]),
+        "too-many-pages": pdf_bytes(["a", "b"]),
+    }[case]
+    kwargs = {"page-past-end": {"pages": [3]}, "too-many-pages": {"max_pages": 1}}.get(case, {})
+    with pytest.raises(InvoiceVLMError, match=match) as e:
+        document_pages(data, f"{case}.bin", **kwargs)
+    assert str(e.value).startswith(f"{case}.bin") and "\n" not in str(e.value)
+
+
+def test_pdf_pages_and_page_spec():
+    pages = document_pages(pdf_bytes(["one", "two", "three"]), "x.pdf", pages=[2, 3], dpi=72)
+    assert [k for k, _ in pages] == [2, 3] and pages[0][1].size == (200, 240)
+    assert parse_pages("1-3,5,2") == [1, 2, 3, 5] and parse_pages(None) is None
+    for bad in ("0", "3-1", "a", "1-"):
+        with pytest.raises(InvoiceVLMError, match="--pages"):
+            parse_pages(bad)
+
+
+def test_predict_reads_folders_and_pdfs_streams_jsonl_and_reports_bad_files(tmp_path, tiny_model, engine):
+    model, processor = engine
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page("AB 12").save(docs / "a.png")
+    page("x", lines=4).save(docs / "b.jpg")
+    (docs / "c.pdf").write_bytes(pdf_bytes(["one", "two"]))
+    (docs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 40)
+    (docs / "notes.txt").write_text("ignored: not an image suffix")
+    missing = tmp_path / "missing.png"
+    r = runner.invoke(app, ["predict", "--model", str(tiny_model), "--max-new-tokens", "5", "--format", "jsonl",
+                            "--batch-size", "2", str(docs), str(missing)])
+    assert r.exit_code == 1, r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and any("missing.png: file not found" in e for e in errors)
+    assert any("broken.png: image does not open" in e for e in errors)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted((r_["file"].rsplit("/", 1)[-1], r_["page"]) for r_ in rows) == [
+        ("a.png", 1), ("b.jpg", 1), ("c.pdf", 1), ("c.pdf", 2)]
+    pred = Predictor(model, processor, max_new_tokens=5)
+    a = next(r_ for r_ in rows if r_["file"].endswith("a.png"))
+    assert a["text"] == pred.predict([page("AB 12")])[0] and a["task"] == "ocr"
+
+    r = runner.invoke(app, ["predict", "--model", str(tiny_model), "--max-new-tokens", "3", "--format", "json",
+                            "--task", "extract", "--pages", "2", str(docs / "c.pdf")])
+    assert r.exit_code == 0, r.output
+    [row] = json.loads(r.stdout)
+    assert row["page"] == 2 and row["task"] == "extract" and "fields" in row and "json_valid" in row
+
+    r = runner.invoke(app, ["predict", "--model", str(tiny_model), "--format", "yaml", str(docs / "a.png")])
+    assert r.exit_code == 1 and "--format must be" in r.stderr
+
+
+def test_bench_predict_compares_with_naive_and_checks_the_text(monkeypatch, tiny_model):
+    from invoice_vlm.infer import bench as ib
+
+    monkeypatch.setattr(ib, "bench_pages", lambda n, **kw: [page("AB 12", lines=k % 4 + 1) for k in range(n)])
+    rows = ib.bench(model=str(tiny_model), n=6, batch_size=3, max_new_tokens=6)
+    assert [r["variant"] for r in rows] == ["naive (generate per page)", "engine"]
+    assert rows[1]["identical"] == "6/6" and rows[1]["pages_per_s"] > 0 and rows[1]["p95_s"] >= rows[1]["p50_s"]
