@@ -194,15 +194,20 @@ def card_metadata(name: str, info: dict[str, Any], evals: list[dict[str, Any]], 
     for r in evals:
         dataset = str(r["data"]) or r["name"]
         for metric, key in (("bleu", "bleu"), ("ter", "ter"), ("cer", "cer")):
+            # dataset_config keeps evaluations of one dataset apart (model-index groups results by type, config
+            # and split: the OCR and extract evaluations of one test split would merge into one entry)
             results.append(EvalResult(task_type="image-to-text", task_name=f"invoice {r['task']}",
                                       dataset_type=Path(dataset).name or dataset, dataset_name=r["name"],
-                                      dataset_split=r["split"] or None, metric_type=metric,
+                                      dataset_config=r["name"], dataset_split=r["split"] or None, metric_type=metric,
                                       metric_name=metric.upper(), metric_value=round(float(r[key]), 4)))
-    base = info.get("base_model") or run.get("base_model")
+    base = str(info.get("base_model") or run.get("base_model") or "")
+    # only a hub id means something on the Hub: a local folder (runs/x/base, /abs/path) or a fresh tiny-random is left out
+    hub_base = base if base.count("/") == 1 and not base.startswith((".", "/", "~", "runs/")) and not Path(base).exists() \
+        else None
     datasets = [Path(run["config"]["data"]).name] if run.get("config", {}).get("data") else None
     return ModelCardData(
         library_name="peft" if info.get("kind") == "adapter" else "transformers", pipeline_tag="image-text-to-text",
-        license="apache-2.0", base_model=base if base and not Path(str(base)).is_absolute() else None,
+        license="apache-2.0", base_model=hub_base,
         datasets=datasets, tags=["invoice-vlm", "ocr", "invoices", info.get("model_type", "vision-language")],
         model_name=name, eval_results=results or None)
 

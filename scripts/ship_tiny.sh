@@ -24,7 +24,7 @@ $BIN/invoice-vlm synth --out data/pretrain-scan --n 300 --seed 2 --split test=1 
     --locales en_US,en_GB,de_DE,fr_FR,es_ES,it_IT
 ev synth-test-scan --data data/pretrain-scan --split test
 ev real-invoices --data ../shared/data/real-invoices/manifest.jsonl --max-new-tokens 1024
-$BIN/invoice-vlm export --model "$CKPT" --out models/invoice-vlm-tiny --dtype bfloat16 --name invoice-vlm-tiny \
+$BIN/invoice-vlm export --model "$CKPT" --out models/invoice-vlm-tiny --dtype bf16 --name invoice-vlm-tiny \
     --card configs/tiny/invoice-vlm-tiny.md --eval "$EVALS/synth-test-ocr" --eval "$EVALS/synth-test-extract" \
     --eval "$EVALS/synth-test-scan" --eval "$EVALS/real-invoices"
 $BIN/python scripts/training_curve.py $RUN docs/pretrain-curve.png

@@ -29,11 +29,17 @@ def test_export_casts_and_writes_a_card_with_the_measured_numbers(tiny_model, te
     meta = yaml.safe_load(card.split("---\n")[1])
     assert meta["pipeline_tag"] == "image-text-to-text" and meta["library_name"] == "transformers"
     assert meta["license"] == "apache-2.0" and "invoice-vlm" in meta["tags"]
-    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]} | \
-        {m["type"]: m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
-    assert metrics == {"bleu": round(scores["bleu"]["bleu"], 4), "ter": round(scores["ter"]["score"], 4),
-                       "cer": round(scores["cer"], 4)}
+    [result] = meta["model-index"][0]["results"]
+    assert result["dataset"]["name"] == "eval-test" and result["dataset"]["split"] == "test"
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {
+        "bleu": round(scores["bleu"]["bleu"], 4), "ter": round(scores["ter"]["score"], 4), "cer": round(scores["cer"], 4)}
     assert f"| {scores['bleu']['bleu']:.4f} | {scores['ter']['score']:.2f} |" in card
+    ev.main(ev.EvalConfig(model=str(tiny_model), data=str(text_dataset), split="test", limit=1,
+                          out=str(tmp_path / "eval-first-page"), max_new_tokens=4, report=False))
+    two = hub.export(str(tiny_model), tmp_path / "release2", "bf16", [tmp_path / "eval-test", tmp_path / "eval-first-page"])
+    results = yaml.safe_load((two / "README.md").read_text().split("---\n")[1])["model-index"][0]["results"]
+    assert [r["dataset"]["name"] for r in results] == ["eval-test", "eval-first-page"]  # same split, two entries
+    assert all(len(r["metrics"]) == 3 for r in results)
     for section in ("## Intended use", "## Evaluation", "## Limitations", "## Use"):
         assert section in card
     assert 'model_id = "acme/tiny"' in hub.usage_snippet(card)

@@ -61,6 +61,15 @@ def test_batched_engine_gives_the_same_greedy_text_as_one_generate_per_page(engi
     assert pred.stats["batches"] == 2 and pred.stats["pages"] == 6
 
 
+def test_min_new_tokens_holds_back_the_end_token(engine):
+    model, processor = engine
+    pred = Predictor(model, processor, max_new_tokens=7, min_new_tokens=7, batch_size=2)
+    texts = pred.predict([page("AB 12"), page("x", lines=3)])
+    assert pred.stats["new_tokens"] == 14
+    assert texts == [naive_predict(model, processor, im, max_new_tokens=7, min_new_tokens=7)
+                     for im in (page("AB 12"), page("x", lines=3))]
+
+
 def test_stream_sorts_by_text_amount_and_predict_keeps_input_order(engine):
     model, processor = engine
     images = [page("AB 12", lines=k) for k in (1, 9, 3, 12)]
@@ -182,6 +191,6 @@ def test_bench_predict_compares_with_naive_and_checks_the_text(monkeypatch, tiny
     from invoice_vlm.infer import bench as ib
 
     monkeypatch.setattr(ib, "bench_pages", lambda n, **kw: [page("AB 12", lines=k % 4 + 1) for k in range(n)])
-    rows = ib.bench(model=str(tiny_model), n=6, batch_size=3, max_new_tokens=6)
+    rows = ib.bench(model=str(tiny_model), n=6, batch_size=3, max_new_tokens=6, min_new_tokens=6)
     assert [r["variant"] for r in rows] == ["naive (generate per page)", "engine"]
     assert rows[1]["identical"] == "6/6" and rows[1]["pages_per_s"] > 0 and rows[1]["p95_s"] >= rows[1]["p50_s"]

@@ -38,10 +38,11 @@ class Predictor:
     """Wraps a (model, processor) pair. ``predict`` returns only the generated text, prompt excluded."""
 
     def __init__(self, model, processor, max_new_tokens: int = 512, batch_size: int = 8, sort_by_length: bool = True,
-                 window: int = 4):
+                 window: int = 4, min_new_tokens: int = 0):
         self.model = model
         self.processor = processor
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens  # > 0 only for benchmarks: page-length output from any model
         self.batch_size = max(1, batch_size)
         self.sort_by_length = sort_by_length
         self.window = max(1, window)  # batches' worth of pages sorted together
@@ -90,7 +91,9 @@ class Predictor:
         self.model.eval()
         t0 = time.perf_counter()
         try:
+            extra = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
+                                      **extra,
                                       pad_token_id=tok.pad_token_id,
                                       eos_token_id=eos if eos is not None else tok.eos_token_id)
         finally:
@@ -144,11 +147,12 @@ class Predictor:
 
 
 def naive_predict(model, processor, image: Image.Image, prompt: str = DEFAULT_PROMPT,
-                  max_new_tokens: int = 512) -> str:
+                  max_new_tokens: int = 512, min_new_tokens: int = 0) -> str:
     """The blog-post way, the baseline of ``bench predict``: one ``generate`` per page, batch of one."""
     inputs = processor(images=image, text=f"<image>{prompt}", return_tensors="pt")
+    extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **extra)
     return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 

@@ -38,24 +38,15 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def random_weights(predictor, seed: int = 0) -> None:
-    """Replace the weights by fresh random ones of the same architecture: a model that writes until
-    ``max_new_tokens`` (it almost never picks the end token), i.e. page-length output whatever it was trained on."""
-    import torch
-
-    torch.manual_seed(seed)
-    fresh = type(predictor.model)(predictor.model.config).eval()
-    predictor.model = fresh
-
-
 def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, max_new_tokens: int = 512,
-          quantize: bool = False, fresh: bool = False) -> list[dict[str, Any]]:
+          quantize: bool = False, min_new_tokens: int = 0) -> list[dict[str, Any]]:
+    """``min_new_tokens``: every page generates at least that many tokens (the end token is held back), in both
+    ways: the cost of page-length transcriptions, whatever the model would stop at."""
     from . import Predictor, naive_predict
 
     images = bench_pages(n)
-    engine = Predictor.from_pretrained(model, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens)
-    if fresh:
-        random_weights(engine)
+    engine = Predictor.from_pretrained(model, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                       min_new_tokens=min_new_tokens)
     rows = []
 
     # naive: one generate per page, in the order given
@@ -63,7 +54,8 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
     naive, lat = [], []
     for im in images:
         s = time.perf_counter()
-        naive.append(naive_predict(engine.model, engine.processor, im, max_new_tokens=max_new_tokens))
+        naive.append(naive_predict(engine.model, engine.processor, im, max_new_tokens=max_new_tokens,
+                                   min_new_tokens=min_new_tokens))
         lat.append(time.perf_counter() - s)
     naive_s = time.perf_counter() - t0
     rows.append(_row("naive (generate per page)", 1, n, naive_s, lat, naive_s))
@@ -73,7 +65,8 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
         from . import quantize_int8
 
         variants.append(("engine + int8", Predictor(quantize_int8(engine.model), engine.processor,
-                                                    batch_size=batch_size, max_new_tokens=max_new_tokens)))
+                                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                                    min_new_tokens=min_new_tokens)))
     for name, pred in variants:
         t0 = time.perf_counter()
         texts: dict[int, str] = {}
