@@ -355,3 +355,32 @@ def test_accelerate_launch_runs_ddp_on_two_cpu_processes(tiny_model, text_datase
     state = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())
     # 2 processes x 1 page per step: 3 steps see 6 pages, i.e. 3 epochs of the 2-page dataset
     assert state["global_step"] == 3 and state["epoch"] == pytest.approx(3.0)
+
+
+def test_glyphs_task_draws_its_random_target_deterministically(monkeypatch):
+    """``glyphs``: random strings in invoice fonts; the collator draws exactly the target, the same every time."""
+    import random
+
+    from invoice_vlm.train.collate import Collator
+    from invoice_vlm.train.tasks import build_examples, random_rows, render_rows
+
+    pages = [_sample(i) for i in range(6)]
+    a = build_examples(pages, {"glyphs": 1.0}, seed=3, repeat=2)
+    b = build_examples(pages, {"glyphs": 1.0}, seed=3, repeat=2)
+    assert [(e.target, e.render) for e in a] == [(e.target, e.render) for e in b]
+    assert len({e.target for e in a}) == len(a) and all(e.task == "glyphs" and e.prompt == "ocr" for e in a)
+    assert random_rows(random.Random("k")) == random_rows(random.Random("k"))
+    e = a[0]
+    im = render_rows(e.render, e.target)
+    assert im.size == (850, 1100) and im.tobytes() == render_rows(e.render, e.target).tobytes()
+    left, top, right, bottom = im.convert("L").point(lambda v: 255 if v < 128 else 0).getbbox()
+    rows = e.target.count("\n") + 1
+    assert bottom < 40 + rows * 18 * 1.8 + 10  # the text sits at the top, row under row
+    assert render_rows(e.render, e.target + "X").tobytes() != im.tobytes()  # what is drawn is the target
+
+    import invoice_vlm.train.collate as collate
+
+    seen = {}  # what the collator hands the processor
+    monkeypatch.setattr(collate, "training_batch", lambda p, images, prompts, targets: seen.update(images=images))
+    Collator(None)([{"image": None, "prompt": "ocr", "target": e.target, "render": e.render, "window": [0, 1]}])
+    assert seen["images"][0].tobytes() == im.tobytes()

@@ -33,5 +33,8 @@ class Collator:
         self.processor = processor
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [show_band(r["image"].convert("RGB"), r.get("window")) for r in rows]
+        from .tasks import render_rows
+
+        images = [render_rows(r["render"], r["target"]) if r.get("render") else
+                  show_band(r["image"].convert("RGB"), r.get("window")) for r in rows]
         return training_batch(self.processor, images, [r["prompt"] for r in rows], [r["target"] for r in rows])

@@ -42,7 +42,7 @@ SFT_DEFAULTS: dict[str, Any] = {
 SFT_RESERVED = ("output_dir", "seed", "max_length", "remove_unused_columns", "dataset_kwargs", "eval_strategy",
                 "eval_steps", "metric_for_best_model", "greater_is_better", "load_best_model_at_end")
 METHODS = ("full", "lora", "qlora")
-TASKS = ("ocr", "extract", "answer", "lines")
+TASKS = ("ocr", "extract", "answer", "lines", "glyphs")
 METRICS = {"cer": False, "wer": False, "ter": False, "bleu": True, "chrf": True}  # name -> greater is better
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -124,7 +124,8 @@ class TrainConfig:
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
     tasks: dict = field(default_factory=lambda: {"ocr": 1.0},
                         metadata={"help": "task ratios: ocr (transcription), extract (fields as JSON), answer (QA), "
-                                          "lines (transcribe a band of rows; a pretraining curriculum step)"})
+                                          "lines (transcribe a band of rows; a pretraining curriculum step), glyphs "
+                                          "(random strings drawn in invoice fonts: only reading predicts them)"})
     repeat: int = field(default=1, metadata={"help": "passes over the training pages, each drawing tasks afresh"})
     vision_lr_scale: float = field(default=1.0, metadata={"help": "learning-rate multiplier of the vision tower "
                                                                   "(< 1: it moves slower than the decoder)"})

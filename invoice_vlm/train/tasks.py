@@ -37,6 +37,7 @@ class Example:
     prompt: str
     target: str
     window: tuple[float, float] = (0.0, 1.0)  # visible band (top, bottom) as fractions of the height
+    render: str = ""  # glyphs: the seed the collator draws the image from (the target is the text drawn)
 
 
 def canonical_fields(fields: dict[str, Any]) -> str:
@@ -57,6 +58,8 @@ def can_do(sample: Sample, task: str) -> bool:
         return bool(sample.fields) and sample.meta.get("pages", 1) == 1
     if task == "answer":
         return bool(sample.qa)
+    if task == "glyphs":
+        return True  # draws its own image: any page will do as its slot
     if task == "lines":
         rows = sample.meta.get("rows")
         return bool(rows) and sample.meta.get("augment", "none") == "none" and len(rows) == len(sample.text.split("\n"))
@@ -82,6 +85,54 @@ def pick_band(rows: list[list[float]], rng: random.Random, max_rows: int = 12) -
     return i, j, (top + above) / 2 if i else 0.0, (bottom + below) / 2 if j < n - 1 else 1.0
 
 
+# --- glyphs: text no language model can guess -------------------------------------------------------------------
+# A decoder trained from scratch first learns the language of invoices, which predicts most of a page without
+# looking; meanwhile the image tokens drift to one constant vector (measured: the loss with another page's image
+# equals the loss with the right one). Random strings give no such shortcut: from the first step, only the image
+# lowers their loss.
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZéèàüöäßç"
+_PUNCT = ".,:-/#%€$£()"
+
+
+def _word(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.3:  # an amount or a number, grouped like invoices print them
+        n = rng.randrange(1, 10 ** rng.randint(1, 7))
+        sep, dec = rng.choice([(",", "."), (".", ","), (" ", ","), ("", ".")])
+        whole = f"{n:,}".replace(",", sep)
+        return whole + (f"{dec}{rng.randrange(100):02d}" if rng.random() < 0.6 else "")
+    if kind < 0.5:  # a code: INV-2024-0042, AB12C
+        return "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789-/") for _ in range(rng.randint(3, 12)))
+    if kind < 0.6:
+        return rng.choice(_PUNCT) + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 4)))
+    word = "".join(rng.choice(_LETTERS[:26]) for _ in range(rng.randint(2, 10)))
+    return word.capitalize() if rng.random() < 0.4 else word.upper() if rng.random() < 0.15 else word
+
+
+def random_rows(rng: random.Random) -> str:
+    """1-5 rows of 1-6 random words (numbers, codes, letters in the invoice alphabet)."""
+    return "\n".join(" ".join(_word(rng) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 5)))
+
+
+def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100)) -> "Image.Image":
+    """``text`` drawn at the top of a white letter page at 100 dpi (the pretraining pages' size), in an invoice font
+    and size picked by ``key``: rows top to bottom, each left to right, as the transcription convention reads."""
+    from PIL import Image, ImageDraw
+
+    from ..synth import FONT_FAMILIES, get_font
+
+    rng = random.Random(key + "/draw")
+    font = get_font(rng.choice(sorted(FONT_FAMILIES)), rng.random() < 0.2, rng.uniform(12, 18))
+    page = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(page)
+    x, y = rng.randint(20, 120), rng.randint(8, 30)
+    step = font.size * rng.uniform(1.3, 1.8)
+    for row in text.split("\n"):
+        draw.text((x, y), row, fill=(rng.randint(0, 60),) * 3, font=font)
+        y += step
+    return page
+
+
 def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, ocr_prompt: str = "ocr",
                    repeat: int = 1) -> list[Example]:
     """One example per page and pass; ``repeat`` passes draw tasks (and bands) afresh, so a long run over a fixed
@@ -103,6 +154,9 @@ def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.
     if task == "answer":
         qa = rng.choice(s.qa)
         return Example(s.id, s.image, task, f"answer en {qa['question']}", qa["answer"])
+    if task == "glyphs":
+        key = f"glyphs/{rng.random()}"
+        return Example(s.id, s.image, task, ocr_prompt, random_rows(random.Random(key)), render=key)
     if task == "lines":
         i, j, top, bottom = pick_band(s.meta["rows"], rng)
         return Example(s.id, s.image, task, ocr_prompt, "\n".join(s.text.split("\n")[i:j + 1]), (top, bottom))
@@ -116,7 +170,7 @@ def to_dataset(examples: list[Example]):
     ds = datasets.Dataset.from_dict({
         "id": [e.id for e in examples], "image": [str(e.image) for e in examples],
         "prompt": [e.prompt for e in examples], "target": [e.target for e in examples],
-        "window": [list(e.window) for e in examples],
+        "window": [list(e.window) for e in examples], "render": [e.render for e in examples],
         "length": [len(e.target) for e in examples],  # for train_sampling_strategy: group_by_length
     })
     return ds.cast_column("image", datasets.Image())
