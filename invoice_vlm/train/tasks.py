@@ -19,9 +19,12 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import Sample
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 EXTRACT_PROMPT = "extract"
 FIELD_ORDER = ("invoice_number", "date", "due_date", "vendor", "vendor_address", "customer", "customer_address",
@@ -114,7 +117,7 @@ def random_rows(rng: random.Random) -> str:
     return "\n".join(" ".join(_word(rng) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 5)))
 
 
-def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100)) -> "Image.Image":
+def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100)) -> Image.Image:
     """``text`` drawn at the top of a white letter page at 100 dpi (the pretraining pages' size), in an invoice font
     and size picked by ``key``: rows top to bottom, each left to right, as the transcription convention reads."""
     from PIL import Image, ImageDraw
