@@ -111,7 +111,7 @@ def test_the_embedded_model_is_shipped_tiny_and_loads_by_name():
     with safe_open(str(weights), "pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
     card = (EMBEDDED_DIR / "README.md").read_text()
-    assert "## Measured" in card and "| BLEU |" in card
+    assert "## Evaluation" in card and "| BLEU |" in card and "model-index:" in card
     model, processor = load("invoice-vlm-tiny")
     assert type(model).__name__ == "PaliGemmaForConditionalGeneration" and count_parameters(model) <= 30e6
     assert processor.image_processor.size == {"height": 768, "width": 768} and processor.image_seq_length == 576
