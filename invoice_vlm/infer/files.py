@@ -22,6 +22,7 @@ class Document:
     path: Path
     pages: list[int] | None  # 1-based; None: every page
     count: int  # pages it will give (for the progress bar)
+    pdf: bool = False
 
 
 def expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
@@ -53,14 +54,9 @@ def plan(path: Path, pages: list[int] | None) -> Document:
     n = pdf_page_count(path)
     if pages and pages[-1] > n:
         raise InvoiceVLMError(f"{path}: no page {pages[-1]} (the PDF has {n})")
-    return Document(path, pages, len(pages) if pages else n)
+    return Document(path, pages, len(pages) if pages else n, pdf=True)
 
 
 def page_images(doc: Document, dpi: int = 200) -> Iterator[tuple[int, Image.Image]]:
-    yield from document_pages(doc.path.read_bytes(), str(doc.path), doc.pages if is_pdf_file(doc.path) else None,
-                              dpi=dpi)
-
-
-def is_pdf_file(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return is_pdf(f.read(1024))
+    # --pages picks pages of PDFs; an image is its one page whatever --pages says
+    yield from document_pages(doc.path.read_bytes(), str(doc.path), doc.pages if doc.pdf else None, dpi=dpi)
