@@ -260,10 +260,7 @@ def document_pages(data: bytes, name: str, pages: list[int] | None = None, dpi: 
         return [(1, image_from_bytes(data, name))]
     import pypdfium2 as pdfium
 
-    try:
-        pdf = pdfium.PdfDocument(data)
-    except (pdfium.PdfiumError, OSError) as e:
-        raise InvoiceVLMError(f"{name}: PDF does not open ({e})") from None
+    pdf = _open_pdf(data, name)
     try:
         n = len(pdf)
         if n == 0:
@@ -335,16 +332,18 @@ def pdf_text(path: str | Path, page: int = 0) -> str:
 # ------------------------------------------------------------------------------------------ PDFs and manifests
 
 
-def _open_pdf(path: Path):
+def _open_pdf(source: Path | bytes, name: str | None = None):
+    """A pdfium document from a file or from bytes (an upload; ``name`` for the error)."""
     import pypdfium2 as pdfium
 
-    if not path.is_file():
-        raise InvoiceVLMError(f"{path}: file not found")
+    name = name or str(source)
+    if isinstance(source, Path) and not source.is_file():
+        raise InvoiceVLMError(f"{source}: file not found")
     try:
-        return pdfium.PdfDocument(str(path))
+        return pdfium.PdfDocument(source if isinstance(source, bytes) else str(source))
     except (pdfium.PdfiumError, OSError) as e:
         # pdfium says "Incorrect password error" for encrypted files and "Data format error" for broken ones
-        raise InvoiceVLMError(f"{path}: PDF does not open ({e})") from None
+        raise InvoiceVLMError(f"{name}: PDF does not open ({e})") from None
 
 
 def render_pdf_page(path: str | Path, page: int = 0, dpi: int = 200) -> Image.Image:

@@ -140,20 +140,24 @@ def adapter_base(adapter: Path) -> str:
     return base
 
 
-def _load_merged(adapter: Path):
+def _adapter_processor(adapter: Path, base_name: str):
+    """The processor saved with the adapter (training saves it there), else the base model's."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(adapter if (adapter / "processor_config.json").is_file() else base_name)
+
+
+def _load_merged(adapter: Path, base_name: str):
     """Base model in float32 plus the adapter, merged (QLoRA adapters too: the base is loaded unquantised)."""
     from peft import PeftModel
 
     from .models import load
 
-    base_name = adapter_base(adapter)
     try:
         base, _ = load(base_name)
     except InvoiceVLMError as e:
         raise InvoiceVLMError(f"{adapter}: base model of the adapter cannot be loaded: {e}") from None
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(adapter if (adapter / "processor_config.json").is_file() else base_name)
+    processor = _adapter_processor(adapter, base_name)
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     merged.eval()
     return merged, processor
@@ -226,8 +230,7 @@ def model_card(name: str, info: dict[str, Any], evals: list[dict[str, Any]], bod
               "each row left to right) and key-field extraction to JSON (prompt `extract`), one page image at a "
               "time. Check its numbers below on your own documents before relying on it (`invoice-vlm eval`).", "",
               "## Model", "",
-              f"- architecture: `{info['architecture']}` ({info['parameters'] / 1e6:.1f}M parameters"
-              + (f", {info['trainable']/1e6:.2f}M in the adapter" if info.get("trainable") else "") + ")",
+              f"- architecture: `{info['architecture']}` ({info['parameters'] / 1e6:.1f}M parameters)",
               f"- weights: `{info['weights_file']}`, {info['dtype']}, {info['weights_mb']:.1f} MB",
               f"- exported from: `{info['source']}`" + (" (LoRA merged into its base)" if info.get("merged") else ""),
               ""]
@@ -292,6 +295,7 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
         raise InvoiceVLMError(f"{out}: the output folder is the model being exported")
     run = run_info(folder)
     info: dict[str, Any] = {"source": str(model), "dtype": dtype}
+    base_name = adapter_base(folder) if kind == "adapter" else None
     with staged_dir(out) as stage:
         if adapter_only:
             from safetensors.torch import load_file, save_file
@@ -300,20 +304,17 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
             save_file({k: v.to(DTYPES[dtype]) for k, v in weights.items()}, stage / "adapter_model.safetensors",
                       metadata={"format": "pt"})
             shutil.copy2(folder / "adapter_config.json", stage / "adapter_config.json")
-            processor_from = folder if (folder / "processor_config.json").is_file() else Path(adapter_base(folder))
-            from transformers import AutoProcessor
-
-            AutoProcessor.from_pretrained(processor_from).save_pretrained(stage)
+            _adapter_processor(folder, base_name).save_pretrained(stage)
             cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-            base_cfg = json.loads((Path(adapter_base(folder)) / "config.json").read_text(encoding="utf-8")) \
-                if (Path(adapter_base(folder)) / "config.json").is_file() else {}
-            info.update(kind="adapter", base_model=adapter_base(folder), peft_type=cfg.get("peft_type"),
+            base_config = Path(base_name) / "config.json"
+            base_cfg = json.loads(base_config.read_text(encoding="utf-8")) if base_config.is_file() else {}
+            info.update(kind="adapter", base_model=base_name, peft_type=cfg.get("peft_type"),
                         architecture=(base_cfg.get("architectures") or ["?"])[0],
                         model_type=base_cfg.get("model_type", "vision-language"),
-                        parameters=sum(v.numel() for v in weights.values()), trainable=None,
+                        parameters=sum(v.numel() for v in weights.values()),
                         weights_file="adapter_model.safetensors")
         else:
-            m, processor = _load_merged(folder) if merge_lora else load(str(folder) if folder else model)
+            m, processor = _load_merged(folder, base_name) if merge_lora else load(str(folder) if folder else model)
             m.to(DTYPES[dtype])
             m.save_pretrained(stage, safe_serialization=True)
             processor.save_pretrained(stage)
@@ -321,7 +322,7 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
                         model_type=m.config.model_type, parameters=count_parameters(m),
                         weights_file="model.safetensors")
             if merge_lora:
-                info["base_model"] = adapter_base(folder)
+                info["base_model"] = base_name
         info["weights_mb"] = sum(p.stat().st_size for p in stage.glob("*.safetensors")) / 1e6
         (stage / "README.md").write_text(model_card(name or out.name, info, eval_rows, body, run), encoding="utf-8")
         write_json(stage / "export.json", {**info, "evaluations": eval_rows, "training": run.get("config", {}),

@@ -13,7 +13,7 @@ What makes it fast (``invoice-vlm bench predict`` measures it against one ``gene
 from __future__ import annotations
 
 import time
-from typing import Any, Hashable, Iterable, Iterator, Sequence
+from typing import Hashable, Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -77,7 +77,8 @@ class Predictor:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def _generate(self, images: Sequence[Image.Image], prompt: str | Sequence[str]) -> list[str]:
+    def generate_batch(self, images: Sequence[Image.Image], prompt: str | Sequence[str]) -> list[str]:
+        """One forward pass over a batch; rows may have different prompts (the server's micro-batches)."""
         from ..models import generation_inputs
 
         prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
@@ -106,10 +107,6 @@ class Predictor:
         self.stats["new_tokens"] += int((generated != tok.pad_token_id).sum())
         return [t.strip() for t in self.processor.batch_decode(generated, skip_special_tokens=True)]
 
-    def generate_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[str]:
-        """One forward pass over a batch whose rows may have different prompts (the server's micro-batches)."""
-        return self._generate(images, list(prompts))
-
     def predict_stream(self, items: Iterable[tuple[Hashable, Image.Image]],
                        prompt: str = DEFAULT_PROMPT) -> Iterator[tuple[Hashable, str]]:
         """(key, text) for each (key, image), yielded as each batch finishes. Within a window of
@@ -130,7 +127,7 @@ class Predictor:
             items = sorted(items, key=lambda kv: -ink(kv[1]))
         for i in range(0, len(items), self.batch_size):
             chunk = items[i:i + self.batch_size]
-            yield from zip([k for k, _ in chunk], self._generate([im for _, im in chunk], prompt))
+            yield from zip([k for k, _ in chunk], self.generate_batch([im for _, im in chunk], prompt))
 
     def predict_iter(self, images: Iterable[Image.Image], prompt: str = DEFAULT_PROMPT) -> Iterator[str]:
         """Texts in input order, each yielded as soon as it and every earlier one are done."""
@@ -154,9 +151,3 @@ def naive_predict(model, processor, image: Image.Image, prompt: str = DEFAULT_PR
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **extra)
     return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-
-
-def describe(predictor: Predictor) -> dict[str, Any]:
-    p = predictor
-    return {"batch_size": p.batch_size, "max_new_tokens": p.max_new_tokens, "sort_by_length": p.sort_by_length,
-            "device": str(p.device), "stats": dict(p.stats)}
