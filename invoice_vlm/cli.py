@@ -142,7 +142,7 @@ def bench_eval(n: int = typer.Option(1000, help="predictions to score"),
         rows = bench(n=n, noise=noise)
         _print_bench(f"invoice-vlm bench eval ({n} predictions, {os.cpu_count()} CPUs; budget 5 s)", rows, {
             "stage": "stage", "documents": "documents", "noise": "noise", "seconds": "seconds",
-            "vs_budget": "vs 5 s budget"})
+            "vs_budget": "vs 5 s budget", "speedup": "vs baseline"})
 
     _guard(go)
 

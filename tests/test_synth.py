@@ -347,3 +347,37 @@ def test_lines_task_shows_exactly_the_rows_of_its_target(dataset):
     assert shown.crop((0, bottom - top, im.width, h)).getextrema() == ((255, 255),) * 3
     # a scanned page's rows have moved (skew): no bands there
     assert not can_do(type(page)(**{**page.__dict__, "meta": {**page.meta, "augment": "scan"}}), "lines")
+
+
+def test_lines_zoom_enlarges_the_bands_ink_and_keeps_all_of_it(dataset):
+    """``lines_zoom``: a band's text drawn larger (up to the factor, as far as the page allows), all of its ink on the
+    page, so the target still holds; at 1 the examples are exactly those of a run without zoom."""
+    from PIL import ImageOps
+
+    from invoice_vlm.data import open_image
+    from invoice_vlm.train.collate import show_band
+    from invoice_vlm.train.tasks import build_examples
+
+    pages = read_split(dataset, "train")
+    plain = build_examples(pages, {"lines": 1.0, "ocr": 1.0}, seed=0, repeat=2)
+    assert build_examples(pages, {"lines": 1.0, "ocr": 1.0}, seed=0, repeat=2, lines_zoom=1.0) == plain
+    zoomed = build_examples(pages, {"lines": 1.0}, seed=0, repeat=3, lines_zoom=3.0)
+    assert all(1.0 <= e.zoom <= 3.0 for e in zoomed) and len({round(e.zoom, 3) for e in zoomed}) > 1
+    checked = 0
+    for ex in zoomed:
+        im = open_image(ex.image).convert("RGB")
+        h = im.height
+        band = im.crop((0, int(ex.window[0] * h), im.width, int(round(ex.window[1] * h))))
+        ink = ImageOps.invert(band.convert("L")).point(lambda v: 255 if v > 24 else 0).getbbox()
+        shown = show_band(im.copy(), ex.window, ex.zoom)
+        big = ImageOps.invert(shown.convert("L")).point(lambda v: 255 if v > 24 else 0).getbbox()
+        assert shown.size == im.size and big is not None
+        assert big[2] < im.width and big[3] < h  # nothing cut off at the right or bottom edge
+        scale = (big[2] - big[0]) / (ink[2] - ink[0])  # widths: many pixels, little rounding
+        # the ink with an 8 px margin (inside the band) must fit the page
+        cw = min(band.width, ink[2] + 8) - max(0, ink[0] - 8)
+        ch = min(band.height, ink[3] + 8) - max(0, ink[1] - 8)
+        limit = min(ex.zoom, im.width / cw, h / ch)
+        assert scale == pytest.approx(max(1.0, limit), rel=0.1)
+        checked += scale > 1.5
+    assert checked  # some bands really were enlarged

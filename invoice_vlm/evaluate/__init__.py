@@ -55,22 +55,34 @@ def chrf(predictions: list[str], references: list[str]) -> float:
     return _chrf_metric().corpus_score(predictions, [references]).score
 
 
+def edit_counts(prediction: str, reference: str) -> tuple[int, int, int, int]:
+    """(character edits, reference characters, word edits, reference words): the counts behind jiwer's CER and WER
+    with its default transforms (the stripped text's characters; whitespace-separated words), computed with
+    rapidfuzz, jiwer's own edit-distance engine, without jiwer's per-call alignment objects (the tests check every
+    figure against jiwer)."""
+    from rapidfuzz.distance import Levenshtein
+
+    ref, pred = reference.strip(), prediction.strip()
+    ref_words, pred_words = reference.split(), prediction.split()
+    return (Levenshtein.distance(ref, pred), len(ref), Levenshtein.distance(ref_words, pred_words), len(ref_words))
+
+
+def _rate(edits: int, length: int) -> float:
+    return edits / length if length else float(edits)  # jiwer: an empty reference scores its insertions
+
+
 def cer(predictions: list[str], references: list[str]) -> float:
     """Character error rate over the corpus (edits / reference characters), case and newlines counted."""
-    import jiwer
-
     _check_lengths(predictions, references)
-    return float(jiwer.cer(references, predictions))
+    counts = [edit_counts(p, r) for p, r in zip(predictions, references)]
+    return _rate(sum(c[0] for c in counts), sum(c[1] for c in counts))
 
 
 def wer(predictions: list[str], references: list[str]) -> float:
     """Word error rate over the corpus; words are whitespace-separated (newlines are whitespace)."""
-    import jiwer
-
     _check_lengths(predictions, references)
-    refs = [" ".join(r.split()) for r in references]
-    hyps = [" ".join(h.split()) for h in predictions]
-    return float(jiwer.wer(refs, hyps))
+    counts = [edit_counts(p, r) for p, r in zip(predictions, references)]
+    return _rate(sum(c[2] for c in counts), sum(c[3] for c in counts))
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
@@ -85,13 +97,13 @@ def _bleu_metric():
 
 
 def _ter_metric():
-    from sacrebleu.metrics import TER
+    from .fast import TER  # sacrebleu's TER, with an exact and faster edit count (see fast.py)
 
     return TER(normalized=False, no_punct=False, asian_support=False, case_sensitive=False)
 
 
 def _chrf_metric():
-    from sacrebleu.metrics import CHRF
+    from .fast import CHRF  # sacrebleu's chrF, with the n-grams counted by numpy (exact; see fast.py)
 
     return CHRF()
 
@@ -110,14 +122,17 @@ def score_all(predictions: list[str], references: list[str], workers: int = 0) -
     """Every text metric over the corpus. Long corpora are split across ``workers`` processes (0: all CPUs
     from 200 documents on): sacrebleu's statistics are per segment and add up, so the result is identical."""
     _check_lengths(predictions, references)
-    return _score_all(predictions, references, per_doc(predictions, references, "", workers)[0])
+    stats, _, counts = per_doc(predictions, references, "", workers)
+    return _score_all(predictions, references, stats, counts)
 
 
-def _score_all(predictions: list[str], references: list[str], stats: list[list]) -> dict[str, Any]:
+def _score_all(predictions: list[str], references: list[str], stats: list[list],
+               counts: list[tuple[int, int, int, int]]) -> dict[str, Any]:
     b, t, c = (make()._aggregate_and_compute(st) for make, st in zip(_METRICS, stats))
+    totals = [sum(x[k] for x in counts) for k in range(4)]
     return {
-        "bleu": _bleu_dict(b), "ter": _ter_dict(t), "chrf": c.score, "cer": cer(predictions, references),
-        "wer": wer(predictions, references), "exact_match": exact_match(predictions, references),
+        "bleu": _bleu_dict(b), "ter": _ter_dict(t), "chrf": c.score, "cer": _rate(totals[0], totals[1]),
+        "wer": _rate(totals[2], totals[3]), "exact_match": exact_match(predictions, references),
         "num_samples": len(references), "signatures": signatures(),
     }
 
@@ -126,29 +141,64 @@ PARALLEL_FROM = 200  # documents; below this, starting processes costs more than
 _METRICS = (_bleu_metric, _ter_metric, _chrf_metric)
 
 
-def _chunk(predictions: list[str], references: list[str], task: str) -> tuple[list[list], list[dict], list[float]]:
+def _library_metrics() -> tuple:
+    """The same metrics run by sacrebleu's own TER and chrF code (what :mod:`.fast` replaces): the baseline of
+    ``invoice-vlm bench eval``, which checks that both give identical results."""
+    from sacrebleu.metrics import CHRF, TER
+
+    return (_bleu_metric(), TER(normalized=False, no_punct=False, asian_support=False, case_sensitive=False), CHRF())
+
+
+def _library_edit_counts(prediction: str, reference: str) -> tuple[int, int, int, int]:
+    """:func:`edit_counts` through jiwer's public API (the baseline)."""
+    import jiwer
+
+    c = jiwer.process_characters(reference, prediction)
+    w = jiwer.process_words(" ".join(reference.split()), " ".join(prediction.split()))
+    return (c.substitutions + c.deletions + c.insertions, c.substitutions + c.deletions + c.hits,
+            w.substitutions + w.deletions + w.insertions, w.substitutions + w.deletions + w.hits)
+
+
+def _chunk(predictions: list[str], references: list[str], task: str,
+           library: bool = False) -> tuple[list[list], list[dict], list[tuple]]:
     """One chunk's per-segment sacrebleu statistics, predicted fields (``task`` ocr/extract; "" for none) and
-    per-page CERs. TER's shift search dominates: pure Python, milliseconds per page."""
+    per-page :func:`edit_counts`; ``library``: with the libraries' own TER, chrF and jiwer code (the baseline)."""
+    import gc
+
+    # Scoring allocates millions of small objects and frees them by reference counting; the cycle collector's
+    # passes over them cost a third of the time and find nothing here. A chunk is bounded, so pausing it is safe.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _chunk_stats(predictions, references, task, library)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _chunk_stats(predictions: list[str], references: list[str], task: str, library: bool) -> tuple:
     from . import fields as fmod
 
-    stats = [make()._extract_corpus_statistics(predictions, [references]) for make in _METRICS]
+    metrics = _library_metrics() if library else [make() for make in _METRICS]
+    stats = [m._extract_corpus_statistics(predictions, [references]) for m in metrics]
     if task == "extract":
         found = [fmod.parse_prediction(p)[0] for p in predictions]
     elif task:
         found = [fmod.fields_from_text(p) for p in predictions]
     else:
         found = []
-    return stats, found, [cer([p], [r]) for p, r in zip(predictions, references)]
+    counts = _library_edit_counts if library else edit_counts
+    return stats, found, [counts(p, r) for p, r in zip(predictions, references)]
 
 
-def per_doc(predictions: list[str], references: list[str], task: str, workers: int = 0):
+def per_doc(predictions: list[str], references: list[str], task: str, workers: int = 0, library: bool = False):
     """:func:`_chunk` over the whole corpus, in ``workers`` processes for long ones; results in input order."""
     import os
 
     if not workers:
         workers = (os.cpu_count() or 1) if len(references) >= PARALLEL_FROM else 1
     if workers <= 1:
-        return _chunk(predictions, references, task)
+        return _chunk(predictions, references, task, library)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -157,7 +207,8 @@ def per_doc(predictions: list[str], references: list[str], task: str, workers: i
     # spawn, not fork: the caller may hold torch's threads, which a forked child can deadlock on
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(pool.map(_chunk, [predictions[i:i + step] for i in starts],
-                              [references[i:i + step] for i in starts], [task] * len(starts)))
+                              [references[i:i + step] for i in starts], [task] * len(starts),
+                              [library] * len(starts)))
     stats = [sum((p[0][k] for p in parts), []) for k in range(len(_METRICS))]
     return stats, sum((p[1] for p in parts), []), sum((p[2] for p in parts), [])
 
@@ -254,14 +305,16 @@ def read_predictions(path: Path, samples: list, skipped: list[str]) -> tuple[lis
     return kept, [by_id[s.id] for s in kept]
 
 
-def score(samples: list, predictions: list[str], task: str, workers: int = 0):
-    """Text metrics, field scores (when the references have fields) and per-document rows."""
+def score(samples: list, predictions: list[str], task: str, workers: int = 0, library: bool = False):
+    """Text metrics, field scores (when the references have fields) and per-document rows (``library``: computed
+    by the libraries' own code; the benchmark's baseline)."""
     from . import fields as fmod
 
     references = [reference_for(s, task) for s in samples]
     _check_lengths(predictions, references)
-    stats, predicted_fields, cers = per_doc(predictions, references, task, workers)
-    scores = _score_all(predictions, references, stats)
+    stats, predicted_fields, counts = per_doc(predictions, references, task, workers, library)
+    scores = _score_all(predictions, references, stats, counts)
+    cers = [_rate(c[0], c[1]) for c in counts]
     field_scores = None
     # Fields describe the whole invoice: a continuation page (page 2 of a synthetic invoice) is not asked for them.
     scored = [k for k, s in enumerate(samples) if s.fields and s.meta.get("page", 1) == 1]

@@ -1,4 +1,6 @@
-"""``invoice-vlm bench eval``: how long scoring 1,000 predictions takes (target: under 5 s), stage by stage.
+"""``invoice-vlm bench eval``: how long scoring 1,000 predictions takes (target: under 5 s), stage by stage, against
+the same pipeline run by the libraries' own code (sacrebleu's TER and chrF, jiwer's CER/WER): the baseline, which
+must give identical numbers (the benchmark fails otherwise).
 
 References are synthetic invoice transcriptions and fields; predictions are the references with a share of
 the characters edited (seeded; ``noise``, default 2%, the CER the embedded model aims at). TER's shift search,
@@ -54,17 +56,21 @@ def bench(n: int = 1000, seed: int = 0, noise: float = 0.02) -> list[dict[str, A
     samples, ocr, extract = make_pairs(n, seed, noise)
     rows = []
 
-    def timed(stage: str, fn) -> Any:
+    def timed(stage: str, fn, baseline: float | None = None) -> Any:
         t = time.perf_counter()
         result = fn()
         s = time.perf_counter() - t
         rows.append({"stage": stage, "documents": n, "noise": noise, "seconds": round(s, 2),
-                     "vs_budget": f"{s / BUDGET_S:.2f}x"})
-        return result
+                     "vs_budget": f"{s / BUDGET_S:.2f}x", "speedup": "-" if baseline is None else f"{baseline / s:.2f}x" if baseline else "1.00x"})
+        return result, s
 
-    timed("score ocr: metrics + fields from text + per-page CER", lambda: score(samples, ocr, "ocr"))
-    _, _, rows_ex = timed("score extract: metrics + JSON fields + per-page CER",
-                          lambda: score(samples, extract, "extract"))
+    for task, predictions in (("ocr", ocr), ("extract", extract)):
+        what = "metrics + fields from text + per-page CER" if task == "ocr" else "metrics + JSON fields + per-page CER"
+        base, base_s = timed(f"score {task} (baseline: sacrebleu TER/chrF, jiwer)",
+                             lambda: score(samples, predictions, task, library=True), 0.0)
+        mine, _ = timed(f"score {task}: {what}", lambda: score(samples, predictions, task), base_s)
+        if _comparable(mine) != _comparable(base):
+            raise RuntimeError(f"score {task}: the fast metrics differ from the libraries' results")
     from .report import write_report
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,3 +78,10 @@ def bench(n: int = 1000, seed: int = 0, noise: float = 0.02) -> list[dict[str, A
         timed("report.html (text only, no page images)",
               lambda: write_report(Path(tmp) / "report.html", summary, doc_rows, fields))
     return rows
+
+
+def _comparable(result) -> tuple:
+    """Everything score() returns that the metric implementations decide."""
+    scores, fields, rows = result
+    return ({k: v for k, v in scores.items() if k != "signatures"}, scores["signatures"], fields,
+            [(r["cer"], r["fields"]) for r in rows])

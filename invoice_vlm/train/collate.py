@@ -9,7 +9,7 @@ import torch
 from ..models import training_batch
 
 
-def show_band(image, window) -> Any:
+def show_band(image, window, zoom: float = 1.0) -> Any:
     """The ``lines`` task's image: the visible band moved to the top of a white page of the same size (same scale,
     so glyphs look exactly as on a full page); the whole page when there is no band. At the top, the first text
     token always finds its row in the first rows of patches: with the band left at its place on the page, a model
@@ -21,8 +21,29 @@ def show_band(image, window) -> Any:
     w, h = image.size
     top, bottom = int(window[0] * h), int(round(window[1] * h))
     page = Image.new(image.mode, (w, h), "white")
-    page.paste(image.crop((0, top, w, bottom)), (0, 0))
+    band = image.crop((0, top, w, bottom))
+    if zoom > 1:
+        band = _enlarge(band, zoom, w, h)
+    page.paste(band, (0, 0))
     return page
+
+
+def _enlarge(band, zoom: float, w: int, h: int):
+    """The band's ink, enlarged by ``zoom`` or as far as the page allows (all of it stays visible, so the target
+    still holds). Text several times larger than on a page puts about one glyph in a patch instead of a row of them:
+    the vision tower gets a signal it can learn from, and the decoder a reason to look."""
+    from PIL import Image, ImageOps
+
+    box = ImageOps.invert(band.convert("L")).point(lambda v: 255 if v > 24 else 0).getbbox()
+    if not box:
+        return band
+    margin = 8
+    ink = band.crop((max(0, box[0] - margin), max(0, box[1] - margin), min(band.width, box[2] + margin),
+                     min(band.height, box[3] + margin)))
+    z = min(zoom, w / ink.width, h / ink.height)
+    if z <= 1:
+        return band
+    return ink.resize((int(ink.width * z), int(ink.height * z)), Image.Resampling.BICUBIC)
 
 
 class Collator:
@@ -36,5 +57,5 @@ class Collator:
         from .tasks import render_rows
 
         images = [render_rows(r["render"], r["target"]) if r.get("render") else
-                  show_band(r["image"].convert("RGB"), r.get("window")) for r in rows]
+                  show_band(r["image"].convert("RGB"), r.get("window"), r.get("zoom") or 1.0) for r in rows]
         return training_batch(self.processor, images, [r["prompt"] for r in rows], [r["target"] for r in rows])

@@ -129,6 +129,8 @@ class TrainConfig:
     repeat: int = field(default=1, metadata={"help": "passes over the training pages, each drawing tasks afresh"})
     vision_lr_scale: float = field(default=1.0, metadata={"help": "learning-rate multiplier of the vision tower "
                                                                   "(< 1: it moves slower than the decoder)"})
+    lines_zoom: float = field(default=1.0, metadata={"help": "lines task: enlarge each band's text by a factor drawn "
+                                                             "log-uniformly in [1, lines_zoom] (1: page scale)"})
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig,
                                   metadata={"help": "architecture of a tiny-random model (ignored otherwise)"})
     prompt: str = field(default="ocr", metadata={"help": "prompt of the transcription task"})
@@ -175,6 +177,8 @@ class TrainConfig:
                 raise ValueError(f"tasks.{task}: expected a ratio >= 0, got {ratio!r}")
         if not sum(self.tasks.values()) > 0:
             raise ValueError("tasks: the ratios add up to 0")
+        if not self.lines_zoom >= 1:
+            raise ValueError(f"lines_zoom: expected a number >= 1, got {self.lines_zoom!r}")
         if not self.vision_lr_scale > 0:
             raise ValueError(f"vision_lr_scale: expected a number > 0, got {self.vision_lr_scale!r}")
         f = self.freeze

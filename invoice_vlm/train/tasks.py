@@ -41,6 +41,7 @@ class Example:
     target: str
     window: tuple[float, float] = (0.0, 1.0)  # visible band (top, bottom) as fractions of the height
     render: str = ""  # glyphs: the seed the collator draws the image from (the target is the text drawn)
+    zoom: float = 1.0  # lines: the band's text enlarged up to this factor (as far as the page allows)
 
 
 def canonical_fields(fields: dict[str, Any]) -> str:
@@ -137,7 +138,7 @@ def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100)) -> Ima
 
 
 def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, ocr_prompt: str = "ocr",
-                   repeat: int = 1) -> list[Example]:
+                   repeat: int = 1, lines_zoom: float = 1.0) -> list[Example]:
     """One example per page and pass; ``repeat`` passes draw tasks (and bands) afresh, so a long run over a fixed
     dataset keeps seeing new examples while staying a pure function of (seed, pass, page)."""
     tasks = [t for t, r in ratios.items() if r > 0]
@@ -145,11 +146,12 @@ def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, o
     for p in range(repeat):
         for s in samples:
             out.append(_example(s, tasks, ratios, random.Random(f"tasks/{seed}/{s.id}" + (f"/{p}" if p else "")),
-                                ocr_prompt))
+                                ocr_prompt, lines_zoom))
     return out
 
 
-def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.Random, ocr_prompt: str) -> Example:
+def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.Random, ocr_prompt: str,
+             lines_zoom: float = 1.0) -> Example:
     possible = [t for t in tasks if can_do(s, t)] or ["ocr"]
     task = rng.choices(possible, weights=[ratios.get(t, 1.0) for t in possible])[0]
     if task == "extract":
@@ -162,7 +164,10 @@ def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.
         return Example(s.id, s.image, task, ocr_prompt, random_rows(random.Random(key)), render=key)
     if task == "lines":
         i, j, top, bottom = pick_band(s.meta["rows"], rng)
-        return Example(s.id, s.image, task, ocr_prompt, "\n".join(s.text.split("\n")[i:j + 1]), (top, bottom))
+        # Log-uniform in [1, lines_zoom]; no draw at 1, so runs without zoom keep their examples.
+        zoom = math.exp(rng.uniform(0, math.log(lines_zoom))) if lines_zoom > 1 else 1.0
+        return Example(s.id, s.image, task, ocr_prompt, "\n".join(s.text.split("\n")[i:j + 1]), (top, bottom),
+                       zoom=zoom)
     return Example(s.id, s.image, "ocr", ocr_prompt, s.text)
 
 
@@ -174,6 +179,7 @@ def to_dataset(examples: list[Example]):
         "id": [e.id for e in examples], "image": [str(e.image) for e in examples],
         "prompt": [e.prompt for e in examples], "target": [e.target for e in examples],
         "window": [list(e.window) for e in examples], "render": [e.render for e in examples],
+        "zoom": [e.zoom for e in examples],
         "length": [len(e.target) for e in examples],  # for train_sampling_strategy: group_by_length
     })
     return ds.cast_column("image", datasets.Image())

@@ -215,7 +215,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
     # Data first: bad input must fail before any model is built.
     samples = read_split(cfg.data, cfg.train_split)
-    examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat)
+    examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat, cfg.lines_zoom)
     eval_samples = []
     if cfg.eval.steps:
         eval_samples = read_split(cfg.data, cfg.eval.split)
