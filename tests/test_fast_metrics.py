@@ -114,3 +114,13 @@ def test_eval_bench_compares_with_the_libraries_and_fails_on_a_difference(monkey
     monkeypatch.setattr(ev, "_library_edit_counts", lambda p, r: (lambda c: (c[0] + 1, *c[1:]))(real(p, r)))
     with pytest.raises(RuntimeError, match="differ"):
         eb.bench(n=20)
+
+
+@pytest.mark.parametrize("chunk,max_cells", [(1, 10**9), (64, 1), (3, 5000)])
+def test_batched_first_edit_distance_is_the_same_in_any_chunking(chunk, max_cells):
+    samples, ocr, _ = make_pairs(12, seed=5, noise=0.05)
+    eds = [fast.BeamEditDistance(s.text.split()) for s in samples]
+    fast.prime([(o.split(), e) for o, e in zip(ocr, eds)], chunk=chunk, max_cells=max_cells)
+    for o, s, e in zip(ocr, samples, eds):
+        assert e._cache, "primed"
+        assert fast.translation_edit_rate(o.split(), s.text.split(), e) == sacre_ter(o.split(), s.text.split())

@@ -166,7 +166,8 @@ def _chunk(predictions: list[str], references: list[str], task: str,
     import gc
 
     # Scoring allocates millions of small objects and frees them by reference counting; the cycle collector's
-    # passes over them cost a third of the time and find nothing here. A chunk is bounded, so pausing it is safe.
+    # passes over them took a third of TER's time (measured on 500 pages) and find nothing here. A chunk is
+    # bounded, so pausing the collector for it is safe.
     was_enabled = gc.isenabled()
     gc.disable()
     try:

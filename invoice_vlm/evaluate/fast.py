@@ -295,14 +295,24 @@ class BeamEditDistance:
             node = node[word][0]
 
 
-def prime(pairs: list[tuple[list[str], BeamEditDistance]], chunk: int = 64) -> None:
+def prime(pairs: list[tuple[list[str], BeamEditDistance]], chunk: int = 64, max_cells: int = 20_000_000) -> None:
     """Compute the edit-distance rows of many (hypothesis, reference) pairs at once and cache them, as each
     reference's first call with that hypothesis would. A row step is a handful of numpy operations over all pairs
-    (padded to the longest reference) instead of over one: the per-call overhead, which dominated, is shared."""
+    (padded to the longest reference) instead of over one: the per-call overhead, which dominated, is shared.
+    A chunk holds at most ``chunk`` pairs and ``max_cells`` matrix cells (5 bytes each), so long documents stay
+    within memory."""
     todo = [(w, ed) for w, ed in pairs if w and ed._n_ref and not _BEAM_WIDTH < (ed._n_ref / len(w)) / 2]
     todo.sort(key=lambda p: len(p[0]))  # similar lengths share a chunk: little padding
-    for start in range(0, len(todo), chunk):
-        _prime_chunk(todo[start:start + chunk])
+    group: list = []
+    rows = width = 0
+    for w, ed in todo:
+        rows, width = max(rows, len(w) + 1), max(width, ed._n_ref + 1)
+        if group and (len(group) == chunk or (len(group) + 1) * rows * width > max_cells):
+            _prime_chunk(group)
+            group, rows, width = [], len(w) + 1, ed._n_ref + 1
+        group.append((w, ed))
+    if group:
+        _prime_chunk(group)
 
 
 def _prime_chunk(pairs: list[tuple[list[str], BeamEditDistance]]) -> None:
