@@ -11,7 +11,7 @@ APT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-cros
   tesseract-ocr-fra tesseract-ocr-spa tesseract-ocr-ita tesseract-ocr-nld chromium chromium-driver
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean bench docs
+.PHONY: demo test install clean bench docs gpu-carry
 
 install: $(VENV)/.installed
 
@@ -44,3 +44,18 @@ docs: install
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache
+
+# What scripts/gpu_pretrain.sh needs on a GPU machine without network whose Python (3.12, with torch, numpy,
+# pyarrow, pandas, tokenizers) lacks the rest: wheels of this venv's versions in .whl/, the invoice fonts in .fonts/.
+GPU_WHEELS := transformers trl datasets dill multiprocess fsspec faker jiwer rapidfuzz accelerate peft sacrebleu \
+  typer click rich shellingham pydantic pydantic_core annotated_types typing_inspection annotated_doc \
+  typing_extensions regex segno reportlab
+gpu-carry: install
+	rm -rf .whl .fonts
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$(for p in $(GPU_WHEELS); do echo "$$p==$$($(BIN)/python -c "import importlib.metadata as m; print(m.version('$$p'))")"; done)
+	$(BIN)/python -c "from invoice_vlm.synth.fonts import FONT_FAMILIES as F, FONT_ROOT as R; import shutil, pathlib; \
+	  [(pathlib.Path('.fonts', d).mkdir(parents=True, exist_ok=True), shutil.copy(R / d / f, pathlib.Path('.fonts', d, f))) \
+	   for d, *fs, _ in F.values() for f in fs]"
+	du -sh .whl .fonts

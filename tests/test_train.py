@@ -384,3 +384,68 @@ def test_glyphs_task_draws_its_random_target_deterministically(monkeypatch):
     monkeypatch.setattr(collate, "training_batch", lambda p, images, prompts, targets: seen.update(images=images))
     Collator(None)([{"image": None, "prompt": "ocr", "target": e.target, "render": e.render, "window": [0, 1]}])
     assert seen["images"][0].tobytes() == im.tobytes()
+
+
+class _Clock:
+    """Half a second per reading: the time budget sees a steady 0.5 s/step (one reading per step)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        self.t += 0.5
+        return self.t
+
+
+def test_time_budget_shortens_the_run_and_its_schedule(tiny_model, text_dataset, tmp_path):
+    cfg = _cfg(tiny_model, text_dataset, tmp_path, max_steps=1000, lr_scheduler_type="cosine", warmup_steps=0.1,
+               logging_steps=1)
+    budget = train.TimeBudget(30, cfg.run_dir, calibrate=20, clock=_Clock())
+    run_dir = train.main(cfg, callbacks=[budget])
+    plan = json.loads((run_dir / "time_budget.json").read_text())["plans"]
+    result = json.loads((run_dir / "train_result.json").read_text())
+    assert [p["at_step"] for p in plan] == [20, (20 + plan[0]["max_steps"]) // 2]
+    assert plan[0]["seconds_per_step"] == pytest.approx(0.5, rel=0.1)
+    assert 40 < plan[-1]["max_steps"] < 80  # 20 steps + what is left of 30 s at 0.5 s/step, not 1000
+    assert result["global_step"] == plan[-1]["max_steps"]
+    lrs = [h["learning_rate"] for h in result["log_history"] if "learning_rate" in h]
+    assert max(lrs) > 0.5 * 3e-3  # the warmup (10% of the new plan, not of 1000 steps) is over by the replan
+    assert lrs[-1] < 0.01 * max(lrs)  # and the cosine still ends at zero
+
+
+def test_time_budget_stops_and_saves_when_time_runs_out(tiny_model, text_dataset, tmp_path):
+    cfg = _cfg(tiny_model, text_dataset, tmp_path, max_steps=1000, save_strategy="steps", save_steps=500)
+    run_dir = train.main(cfg, callbacks=[train.TimeBudget(10, cfg.run_dir, calibrate=500, clock=_Clock())])
+    plan = json.loads((run_dir / "time_budget.json").read_text())["plans"]
+    assert plan == [{"stopped_at": 21, "elapsed_s": 10.5}]
+    assert (run_dir / "checkpoint-21").is_dir() and (run_dir / "model").is_dir()
+
+
+def test_big_glyphs_fit_the_page_and_reach_the_collator(monkeypatch):
+    """A big-glyph curriculum stage: ``glyph_size`` picks the font, shrunk where the text would leave the page (a cut
+    glyph would make the target a lie); ``glyph_chars`` draws single characters. The collator draws at that size."""
+    from invoice_vlm.train.collate import Collator
+    from invoice_vlm.train.tasks import GLYPH_CHARS, build_examples, render_rows, to_dataset
+
+    pages = [_sample(i) for i in range(8)]
+    ex = build_examples(pages, {"glyphs": 1.0}, seed=0, glyph_size=(150, 300), glyph_chars=4)
+    assert all(e.glyph_size == (150, 300) for e in ex)
+    assert all(1 <= len(e.target.split(" ")) <= 4 and all(c in GLYPH_CHARS for c in e.target.split(" "))
+               for e in ex)
+    for e in ex:
+        im = render_rows(e.render, e.target, font_px=e.glyph_size)
+        left, top, right, bottom = im.convert("L").point(lambda v: 255 if v < 128 else 0).getbbox()
+        assert bottom - top > 60 and right < 850 - 5 and bottom < 1100 - 5  # big, and all of it on the page
+    long = "W" * 40  # far wider than the page at 300 px: shrunk to fit
+    im = render_rows("k", long, font_px=(300, 300))
+    assert im.convert("L").point(lambda v: 255 if v < 128 else 0).getbbox()[2] < 850 - 5
+
+    import invoice_vlm.train.collate as collate
+
+    seen = {}
+    monkeypatch.setattr(collate, "training_batch", lambda p, images, prompts, targets: seen.update(images=images))
+    row = to_dataset(ex[:1]).remove_columns(["image"])[0]  # (the slot page is not drawn on)
+    Collator(None)([row])
+    assert seen["images"][0].tobytes() == render_rows(ex[0].render, ex[0].target, font_px=(150, 300)).tobytes()
+    with pytest.raises(ValueError, match="glyph_size"):
+        train.TrainConfig(glyph_size=[20, 10])

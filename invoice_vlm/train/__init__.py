@@ -15,8 +15,8 @@ from .config import (SFT_DEFAULTS, EvalSettings, FreezeSettings, LoraSettings, Q
                      load_config)
 from .preflight import token_budget
 from .tasks import Example, build_examples, canonical_fields
-from .trainer import InvoiceTrainer, main
+from .trainer import InvoiceTrainer, TimeBudget, main
 
-__all__ = ["Collator", "SFT_DEFAULTS", "EvalSettings", "FreezeSettings", "LoraSettings", "QuantSettings",
+__all__ = ["Collator", "TimeBudget", "SFT_DEFAULTS", "EvalSettings", "FreezeSettings", "LoraSettings", "QuantSettings",
            "TrainConfig", "load_config", "token_budget", "Example", "build_examples", "canonical_fields",
            "InvoiceTrainer", "main"]

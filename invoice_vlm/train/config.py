@@ -131,12 +131,19 @@ class TrainConfig:
                                                                   "(< 1: it moves slower than the decoder)"})
     lines_zoom: float = field(default=1.0, metadata={"help": "lines task: enlarge each band's text by a factor drawn "
                                                              "log-uniformly in [1, lines_zoom] (1: page scale)"})
+    glyph_size: list[float] = field(default_factory=lambda: [12.0, 18.0],
+                                    metadata={"help": "glyphs task: font size range, px on a 850 x 1100 page (big "
+                                                      "glyphs first: a curriculum from [120, 300] down to [12, 18])"})
+    glyph_chars: int = field(default=0, metadata={"help": "glyphs task: 1..N random characters in one row (0: 1-5 "
+                                                          "rows of random invoice words)"})
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig,
                                   metadata={"help": "architecture of a tiny-random model (ignored otherwise)"})
     prompt: str = field(default="ocr", metadata={"help": "prompt of the transcription task"})
     train_split: str = field(default="train", metadata={"help": "split to train on"})
     max_length: int = field(default=0, metadata={"help": "token budget per sample; 0 = from the data"})
     seed: int = field(default=0, metadata={"help": "random seed for init, shuffling, task mixing and dropout"})
+    time_budget: float = field(default=0.0, metadata={"help": "seconds: shorten sft.max_steps (and the schedule) to "
+                                                               "what the measured speed fits in them (0: off)"})
     resume: bool = field(default=False, metadata={"help": "continue from the run's last checkpoint"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with a hub model"})
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -179,6 +186,12 @@ class TrainConfig:
             raise ValueError("tasks: the ratios add up to 0")
         if not self.lines_zoom >= 1:
             raise ValueError(f"lines_zoom: expected a number >= 1, got {self.lines_zoom!r}")
+        g = self.glyph_size
+        if not (isinstance(g, (list, tuple)) and len(g) == 2 and all(isinstance(v, (int, float)) for v in g)
+                and 4 <= g[0] <= g[1]):
+            raise ValueError(f"glyph_size: expected [smallest, largest] font px with 4 <= smallest <= largest, got {g!r}")
+        if not (isinstance(self.glyph_chars, int) and self.glyph_chars >= 0):
+            raise ValueError(f"glyph_chars: expected an integer >= 0, got {self.glyph_chars!r}")
         if not self.vision_lr_scale > 0:
             raise ValueError(f"vision_lr_scale: expected a number > 0, got {self.vision_lr_scale!r}")
         f = self.freeze

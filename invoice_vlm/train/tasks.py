@@ -42,6 +42,7 @@ class Example:
     window: tuple[float, float] = (0.0, 1.0)  # visible band (top, bottom) as fractions of the height
     render: str = ""  # glyphs: the seed the collator draws the image from (the target is the text drawn)
     zoom: float = 1.0  # lines: the band's text enlarged up to this factor (as far as the page allows)
+    glyph_size: tuple[float, float] = (12.0, 18.0)  # glyphs: font size range in px on the 850 x 1100 page
 
 
 def canonical_fields(fields: dict[str, Any]) -> str:
@@ -118,27 +119,47 @@ def random_rows(rng: random.Random) -> str:
     return "\n".join(" ".join(_word(rng) for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 5)))
 
 
-def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100)) -> Image.Image:
+GLYPH_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789"
+
+
+def random_chars(rng: random.Random, most: int) -> str:
+    """1 to ``most`` random characters, space-separated: the first stage of a big-glyph curriculum."""
+    return " ".join(rng.choice(GLYPH_CHARS) for _ in range(rng.randint(1, most)))
+
+
+def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100),
+                font_px: tuple[float, float] = (12.0, 18.0)) -> Image.Image:
     """``text`` drawn at the top of a white letter page at 100 dpi (the pretraining pages' size), in an invoice font
-    and size picked by ``key``: rows top to bottom, each left to right, as the transcription convention reads."""
+    and size picked by ``key`` (from ``font_px``, smaller where the text would not fit the page): rows top to bottom,
+    each left to right, as the transcription convention reads."""
     from PIL import Image, ImageDraw
 
     from ..synth import FONT_FAMILIES, get_font
 
     rng = random.Random(key + "/draw")
-    font = get_font(rng.choice(sorted(FONT_FAMILIES)), rng.random() < 0.2, rng.uniform(12, 18))
+    family, bold = rng.choice(sorted(FONT_FAMILIES)), rng.random() < 0.2
+    font = get_font(family, bold, rng.uniform(*font_px))
     page = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(page)
     x, y = rng.randint(20, 120), rng.randint(8, 30)
-    step = font.size * rng.uniform(1.3, 1.8)
-    for row in text.split("\n"):
+    spacing = rng.uniform(1.3, 1.8)
+    rows = text.split("\n")
+    # Big glyphs: every row, and all rows together, must fit (a cut glyph would make the target a lie)
+    for _ in range(8):  # sizes are whole pixels and hinting is not linear: shrink until it fits
+        wide = max(font.getlength(r) for r in rows) / max(1.0, size[0] - x - 10)
+        tall = (font.size * spacing * (len(rows) - 1) + font.size * 1.3) / max(1.0, size[1] - y - 10)
+        if max(wide, tall) <= 1 or font.size <= 4:
+            break
+        font = get_font(family, bold, max(4.0, min(font.size - 1, 0.98 * font.size / max(wide, tall))))
+    for row in rows:
         draw.text((x, y), row, fill=(rng.randint(0, 60),) * 3, font=font)
-        y += step
+        y += font.size * spacing
     return page
 
 
 def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, ocr_prompt: str = "ocr",
-                   repeat: int = 1, lines_zoom: float = 1.0) -> list[Example]:
+                   repeat: int = 1, lines_zoom: float = 1.0, glyph_size: tuple[float, float] = (12.0, 18.0),
+                   glyph_chars: int = 0) -> list[Example]:
     """One example per page and pass; ``repeat`` passes draw tasks (and bands) afresh, so a long run over a fixed
     dataset keeps seeing new examples while staying a pure function of (seed, pass, page)."""
     tasks = [t for t, r in ratios.items() if r > 0]
@@ -146,12 +167,12 @@ def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, o
     for p in range(repeat):
         for s in samples:
             out.append(_example(s, tasks, ratios, random.Random(f"tasks/{seed}/{s.id}" + (f"/{p}" if p else "")),
-                                ocr_prompt, lines_zoom))
+                                ocr_prompt, lines_zoom, glyph_size, glyph_chars))
     return out
 
 
 def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.Random, ocr_prompt: str,
-             lines_zoom: float = 1.0) -> Example:
+             lines_zoom: float = 1.0, glyph_size: tuple[float, float] = (12.0, 18.0), glyph_chars: int = 0) -> Example:
     possible = [t for t in tasks if can_do(s, t)] or ["ocr"]
     task = rng.choices(possible, weights=[ratios.get(t, 1.0) for t in possible])[0]
     if task == "extract":
@@ -161,7 +182,8 @@ def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.
         return Example(s.id, s.image, task, f"answer en {qa['question']}", qa["answer"])
     if task == "glyphs":
         key = f"glyphs/{rng.random()}"
-        return Example(s.id, s.image, task, ocr_prompt, random_rows(random.Random(key)), render=key)
+        text = random_chars(random.Random(key), glyph_chars) if glyph_chars else random_rows(random.Random(key))
+        return Example(s.id, s.image, task, ocr_prompt, text, render=key, glyph_size=tuple(glyph_size))
     if task == "lines":
         i, j, top, bottom = pick_band(s.meta["rows"], rng)
         # Log-uniform in [1, lines_zoom]; no draw at 1, so runs without zoom keep their examples.
@@ -179,7 +201,7 @@ def to_dataset(examples: list[Example]):
         "id": [e.id for e in examples], "image": [str(e.image) for e in examples],
         "prompt": [e.prompt for e in examples], "target": [e.target for e in examples],
         "window": [list(e.window) for e in examples], "render": [e.render for e in examples],
-        "zoom": [e.zoom for e in examples],
+        "zoom": [e.zoom for e in examples], "glyph_size": [list(e.glyph_size) for e in examples],
         "length": [len(e.target) for e in examples],  # for train_sampling_strategy: group_by_length
     })
     return ds.cast_column("image", datasets.Image())

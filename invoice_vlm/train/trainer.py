@@ -13,9 +13,12 @@ picks one) and ``train_result.json`` at the end. ``model/`` appears only once co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
+import time
 from pathlib import Path
+
 import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
@@ -176,6 +179,63 @@ class RankChecksum(TrainerCallback):
                                                           "global_step": state.global_step})
 
 
+class TimeBudget(TrainerCallback):
+    """Fit the run into ``seconds`` of wall-clock time: measure the speed, then shorten ``max_steps`` (and the
+    learning-rate schedule with it, so the cosine still ends at zero) to what the time allows.
+
+    One config then serves a 2-core CPU and a GPU: the same recipe, each machine doing as many steps as its budget
+    holds. The plan is made after ``calibrate`` steps (timed from step 10: the first steps pay for dataloader
+    start-up and kernel warm-up), and again halfway, when the evaluations so far are in the measured rate. Past the
+    budget the run stops and saves. The plan is written to ``time_budget.json`` in the run folder.
+    """
+
+    def __init__(self, seconds: float, run_dir: Path, calibrate: int = 40, clock=time.monotonic):
+        self.seconds, self.run_dir, self.calibrate, self.clock = seconds, run_dir, calibrate, clock
+        self.plans: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0 = self.clock()
+        self.first = state.global_step
+        self.mark = None
+        self.replan_at = self.first + self.calibrate
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        now = self.clock()
+        done = state.global_step - self.first
+        if done == min(10, self.calibrate // 2):
+            self.mark = (now, state.global_step)
+        if state.global_step == self.replan_at and self.mark is not None:
+            rate = (now - self.mark[0]) / max(1, state.global_step - self.mark[1])  # seconds per step
+            left = self.seconds - (now - self.t0)
+            # capped by the configured max_steps, not by the first plan: the halfway plan may lengthen the run
+            steps = min(args.max_steps, state.global_step + max(1, int(0.97 * left / rate)))
+            self._replan(args, state, lr_scheduler, steps, rate)
+            if len(self.plans) == 1:  # once more halfway, with the evaluations since in the measured rate
+                self.mark = (now, state.global_step)
+                self.replan_at = (state.global_step + steps) // 2
+        if now - self.t0 > self.seconds and not control.should_training_stop:
+            control.should_training_stop = True
+            control.should_save = True
+            self.plans.append({"stopped_at": state.global_step, "elapsed_s": round(now - self.t0, 1)})
+            write_json(self.run_dir / "time_budget.json", {"seconds": self.seconds, "plans": self.plans})
+        return control
+
+    def _replan(self, args, state, scheduler, steps: int, rate: float) -> None:
+        state.max_steps = steps
+        warmup = args.get_warmup_steps(steps)
+        if scheduler is not None:
+            for i, f in enumerate(scheduler.lr_lambdas):
+                if isinstance(f, functools.partial) and "num_training_steps" in f.keywords:
+                    keywords = {**f.keywords, "num_training_steps": steps}
+                    if "num_warmup_steps" in keywords:
+                        keywords["num_warmup_steps"] = warmup
+                    scheduler.lr_lambdas[i] = functools.partial(f.func, *f.args, **keywords)
+        self.plans.append({"at_step": state.global_step, "seconds_per_step": round(rate, 4), "max_steps": steps,
+                           "warmup_steps": warmup, "elapsed_s": round(self.clock() - self.t0, 1)})
+        write_json(self.run_dir / "time_budget.json", {"seconds": self.seconds, "plans": self.plans})
+        print(f"time budget: {rate:.3f} s/step -> max_steps {steps}")
+
+
 def _sft_args(cfg: TrainConfig, run_dir: Path):
     from trl import SFTConfig
 
@@ -215,7 +275,8 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
     # Data first: bad input must fail before any model is built.
     samples = read_split(cfg.data, cfg.train_split)
-    examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat, cfg.lines_zoom)
+    examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat, cfg.lines_zoom,
+                              tuple(cfg.glyph_size), cfg.glyph_chars)
     eval_samples = []
     if cfg.eval.steps:
         eval_samples = read_split(cfg.data, cfg.eval.split)
@@ -265,6 +326,8 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     cbs: list[TrainerCallback] = [RankChecksum(run_dir)]
     if cfg.eval.steps and cfg.eval.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
+    if cfg.time_budget:
+        cbs.append(TimeBudget(cfg.time_budget, run_dir))
     cbs += callbacks or []
     train_ds = to_dataset(examples)
     trainer = InvoiceTrainer(model=model, args=_sft_args(cfg, run_dir), train_dataset=train_ds,
