@@ -132,6 +132,25 @@ def bench_train(
     _guard(go)
 
 
+@bench_app.command("collate")
+def bench_collate(
+    n: int = typer.Option(64, help="synthetic pages to collate"),
+    batch_size: int = typer.Option(32, help="pages per batch"),
+    rounds: int = typer.Option(3, help="passes over the same batches (the median is reported)"),
+) -> None:
+    """CPU cost of a training batch: the processor's float pixels vs raw uint8 pixels normalised on the device."""
+    from .train.bench import bench_collate as run
+
+    def go():
+        rows = run(n=n, batch_size=batch_size, rounds=rounds)
+        _print_bench(f"invoice-vlm bench collate ({n} pages, batches of {batch_size}, one thread, "
+                     f"{os.cpu_count()} CPUs)", rows, {
+                         "variant": "variant", "ms_per_page": "ms/page", "speedup": "vs processor",
+                         "pixel_mb_per_batch": "pixel MB/batch"})
+
+    _guard(go)
+
+
 @bench_app.command("eval")
 def bench_eval(n: int = typer.Option(1000, help="predictions to score"),
                noise: float = typer.Option(0.02, help="share of characters edited in the predictions")) -> None:

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The embedded model's long run on one CUDA GPU: configs/tiny/pretrain.yaml in bf16 for a fixed time, recipes side
-# by side (a 7M-parameter model leaves most of an H200 idle: the CPU cores that render and preprocess its batches
-# set the pace, about 4 steps of 32 a second per recipe with 7 workers each).
-#   bash scripts/gpu_pretrain.sh                      # BUDGET=420 seconds of training per recipe, OUT=gpu-out
-#   bash scripts/gpu_pretrain.sh 'name|--set flags'   # recipes of your own, side by side
+# The embedded model's long run on one CUDA GPU: configs/tiny/pretrain.yaml in bf16 for a fixed time. A 7M-parameter
+# model leaves most of an H200 idle: the CPU cores that render and preprocess its batches set the pace (about 4
+# steps of 32 a second per run with 7 workers each, before batches carried their pages as uint8).
+#   bash scripts/gpu_pretrain.sh                      # two big-glyph curricula side by side, BUDGET seconds each
+#   bash scripts/gpu_pretrain.sh 'name|--set flags'   # plain runs of your own, side by side, BUDGET seconds each
+# The curriculum (README, "The GPU runs"): 1-4 characters 150-300 px tall, then 1-10 at 40-120 px, then rows of
+# random words at 14-40 px, then the config's pages; each stage starts from the last one's weights and gets a share
+# of BUDGET (30/20/20/30%), plus about 30 s to start. After each glyph stage, scripts/glyph_gap.py measures whether
+# it reads (image_gap, characters read right) into $OUT/<stage>.gap.md. START=<model folder> skips the first stage
+# and starts the second from that model (one that already reads big glyphs, e.g. a CPU run's; `carry` it there).
 # Then on any machine: bash scripts/ship_tiny.sh <the unpacked model folder> to measure it and ship it.
 #
 # On the `device` machines (no network): the packages the image lacks travel as wheels in .whl/ and the invoice
 # fonts in .fonts/ (both git-ignored; made by `make gpu-carry`), and PYTHONPATH puts them first.
-# Each recipe comes back as <name>.tgz: bf16 weights, config, processor, and the run's records (run.json with
-# versions and seed, time_budget.json, trainer_state.json with the losses and evaluations).
+# Each run (for a curriculum, its last stage) comes back as <name>.tgz: bf16 weights, config, processor, and the
+# records of every stage (run.json with versions and seed, time_budget.json, trainer_state.json with the losses).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 BUDGET=${BUDGET:-420}
@@ -38,22 +43,50 @@ $PY -m invoice_vlm synth --out data/pretrain --n "$PAGES" --seed "${SEED:-1}" --
 cat data/pretrain/test/*/metadata.jsonl | md5sum | sed "s/-$/test split/" | tee -a "$OUT/env.txt"
 log "synthetic invoices ready"
 
-GPU="--set sft.bf16=true --set sft.per_device_train_batch_size=32 --set sft.max_steps=100000 --set time_budget=$BUDGET \
+GPU="--set sft.bf16=true --set sft.per_device_train_batch_size=32 --set sft.max_steps=100000 \
   --set repeat=16 --set sft.save_steps=250 --set eval.steps=400 --set eval.batch_size=16 --set sft.logging_steps=25 \
   --set sft.dataloader_num_workers=$WORKERS --set sft.report_to=none"
-train() { # name, extra flags
-  local name=$1; shift
-  $PY -m invoice_vlm train --config configs/tiny/pretrain.yaml --name "$name" $GPU "$@" ${EXTRA:-} >"$OUT/$name.log" 2>&1
+train() { # name, seconds, extra flags
+  local name=$1 secs=$2; shift 2
+  $PY -m invoice_vlm train --config configs/tiny/pretrain.yaml --name "$name" $GPU --set time_budget="$secs" "$@" \
+      ${EXTRA:-} >"$OUT/$name.log" 2>&1
   echo "$name exit $?" >>"$OUT/env.txt"
 }
-# The recipes of the first H200 run (README, "The GPU runs"): 16 px and 32 px patches, the vision tower at 0.3x
-[ $# -gt 0 ] || set -- "gpu-a|--set tiny.patch_size=16 --set vision_lr_scale=0.3 --set sft.warmup_steps=0.05" \
-                       "gpu-b|--set vision_lr_scale=0.3 --set sft.warmup_steps=0.05"
+gap() { # stage, glyph size min max, chars
+  $PY scripts/glyph_gap.py "runs/$1/model" --glyph-size "$2" "$3" --glyph-chars "$4" >"$OUT/$1.gap.md" 2>"$OUT/$1.gap.log"
+}
+GLYPHS="--set tasks.glyphs=1 --set tasks.lines=0 --set tasks.ocr=0 --set tasks.extract=0 --set eval.steps=0"
+curriculum() { # name, flags for every stage
+  local p=$1 first; shift
+  if [ -n "${START:-}" ]; then  # a model that already reads big glyphs (a CPU run's stage 1): start at stage 2
+    first=$START
+    local s2=30 s3=30 s4=40
+  else
+    train "$p-1" $((BUDGET * 30 / 100)) $GLYPHS --set "glyph_size=[150,300]" --set glyph_chars=4 "$@"
+    gap "$p-1" 150 300 4
+    first=runs/$p-1/model
+    local s2=20 s3=20 s4=30
+  fi
+  train "$p-2" $((BUDGET * s2 / 100)) $GLYPHS --set "glyph_size=[40,120]" --set glyph_chars=10 \
+      --set model="$first" "$@"
+  gap "$p-2" 40 120 10
+  train "$p-3" $((BUDGET * s3 / 100)) $GLYPHS --set "glyph_size=[14,40]" --set model="runs/$p-2/model" "$@"
+  gap "$p-3" 14 40 0
+  train "$p-4" $((BUDGET * s4 / 100)) --set tasks.glyphs=0.2 --set model="runs/$p-3/model" "$@"
+}
 NAMES=()
-for recipe in "$@"; do
-  NAMES+=("${recipe%%|*}")
-  train "${recipe%%|*}" ${recipe#*|} &
-done
+if [ $# -eq 0 ]; then  # the lead: two curricula, the vision tower at the full rate (as in the one probe that read)
+  for recipe in "cur-a|--set vision_lr_scale=1.0 --set sft.warmup_steps=0.05" \
+                "cur-b|--set vision_lr_scale=1.0 --set sft.warmup_steps=0.05 --set sft.learning_rate=3e-4"; do
+    NAMES+=("${recipe%%|*}-4")
+    curriculum "${recipe%%|*}" ${recipe#*|} &
+  done
+else
+  for recipe in "$@"; do
+    NAMES+=("${recipe%%|*}")
+    train "${recipe%%|*}" "$BUDGET" ${recipe#*|} &
+  done
+fi
 wait
 log "training done"
 
@@ -77,14 +110,18 @@ for f in src.iterdir():
         shutil.copy(f, pack / f.name)
 save_file({k: v.bfloat16() for k, v in load_file(src / "model.safetensors").items()}, pack / "model.safetensors",
           metadata={"format": "pt"})
-records = pack / "records"
-records.mkdir(exist_ok=True)
-for f in ("run.json", "time_budget.json", "train_result.json"):
-    if (run / f).exists():
-        shutil.copy(run / f, records / f)
-states = sorted(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-if states:
-    shutil.copy(states[-1], records / "trainer_state.json")
+stages = [run]
+if name.endswith("-4"):  # a curriculum's last stage: the records of its earlier stages too
+    stages = [st for st in (Path("runs") / f"{name[:-2]}-{k}" for k in (1, 2, 3)) if st.is_dir()] + [run]
+for stage in stages:
+    records = pack / "records" / stage.name
+    records.mkdir(parents=True, exist_ok=True)
+    for f in ("run.json", "time_budget.json", "train_result.json", "trainer_state.json"):
+        if (stage / f).exists():
+            shutil.copy(stage / f, records / f)
+    states = sorted(stage.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if states and not (records / "trainer_state.json").exists():
+        shutil.copy(states[-1], records / "trainer_state.json")
 (records / "source.txt").write_text(str(src) + "\n")
 with tarfile.open(out / f"{name}.tgz", "w:gz") as tar:
     tar.add(pack, arcname=name)

@@ -381,7 +381,7 @@ def test_glyphs_task_draws_its_random_target_deterministically(monkeypatch):
     import invoice_vlm.train.collate as collate
 
     seen = {}  # what the collator hands the processor
-    monkeypatch.setattr(collate, "training_batch", lambda p, images, prompts, targets: seen.update(images=images))
+    monkeypatch.setattr(collate, "training_batch", lambda p, images, prompts, targets, **kw: seen.update(images=images))
     Collator(None)([{"image": None, "prompt": "ocr", "target": e.target, "render": e.render, "window": [0, 1]}])
     assert seen["images"][0].tobytes() == im.tobytes()
 
@@ -443,9 +443,27 @@ def test_big_glyphs_fit_the_page_and_reach_the_collator(monkeypatch):
     import invoice_vlm.train.collate as collate
 
     seen = {}
-    monkeypatch.setattr(collate, "training_batch", lambda p, images, prompts, targets: seen.update(images=images))
+    monkeypatch.setattr(collate, "training_batch", lambda p, images, prompts, targets, **kw: seen.update(images=images))
     row = to_dataset(ex[:1]).remove_columns(["image"])[0]  # (the slot page is not drawn on)
     Collator(None)([row])
     assert seen["images"][0].tobytes() == render_rows(ex[0].render, ex[0].target, font_px=(150, 300)).tobytes()
     with pytest.raises(ValueError, match="glyph_size"):
         train.TrainConfig(glyph_size=[20, 10])
+
+
+def test_raw_pixel_training_is_the_same_training(tiny_model, text_dataset, tmp_path):
+    """uint8 batches normalised on the device by the trainer: the same losses and weights as float batches."""
+    settings = dict(max_steps=3, logging_steps=1)
+    runs = {}
+    for raw in (True, False):
+        cfg = _cfg(tiny_model, text_dataset, tmp_path, f"raw-{raw}", **settings)
+        cfg.raw_pixels = raw
+        runs[raw] = train.main(cfg)
+    losses = {raw: [h["loss"] for h in json.loads((d / "trainer_state.json").read_text())["log_history"]
+                    if "loss" in h] for raw, d in runs.items()}
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+    a, b = (load_file(runs[raw] / "model" / "model.safetensors") for raw in (True, False))
+    # Adam turns float-rounding differences of near-zero gradients into updates of ~1e-4; a wrong normalisation
+    # moves the vision tower by the learning rate (3e-3 a step)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 5e-4

@@ -161,3 +161,58 @@ def bench(steps: int = 12, warmup: int = 2, batch_size: int = 8, seed: int = 0, 
     for r in rows:
         r["vs_plain"] = round(r["samples_per_s"] / plain, 3)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ bench collate
+def bench_collate(n: int = 64, batch_size: int = 32, rounds: int = 3, seed: int = 0, model_cfg=None) -> list[dict]:
+    """CPU milliseconds per page to collate pretraining batches (tasks as in configs/tiny/pretrain.yaml, pages
+    read from disk), with the processor's float pixels against raw uint8 pixels normalised afterwards (here on the
+    CPU and counted; the trainer does it on the device). Variants alternate batch by batch, ``rounds`` times over
+    the same batches, and each reports its median round; also the bytes of ``pixel_values`` a DataLoader worker
+    hands over per batch."""
+    import statistics
+
+    from .. import synth
+    from ..data import read_split
+    from ..models import TinyModelConfig, create_tiny, load, normalize_pixels
+    from .collate import Collator
+    from .tasks import build_examples, to_dataset
+
+    with tempfile.TemporaryDirectory(prefix="invoice-vlm-bench-collate-") as tmp:
+        data = Path(tmp) / "data"
+        synth.main(synth.SynthConfig(out=str(data), n=n, seed=seed, dpi=100, max_items=6, split="train=1",
+                                     workers=min(2, os.cpu_count() or 1)), progress=False)
+        # the shipped model's geometry (configs/tiny/pretrain.yaml): 768 x 768 pages
+        base = create_tiny(Path(tmp) / "base", model_cfg or TinyModelConfig(seed=seed, image_size=768, patch_size=32))
+        _, processor = load(base)
+        ds = to_dataset(build_examples(read_split(data, "train"), {"lines": 0.6, "ocr": 0.3, "extract": 0.1}, seed))
+        batches = [[ds[i] for i in range(k, min(k + batch_size, len(ds)))] for k in range(0, len(ds), batch_size)]
+        ref, raw = Collator(processor), Collator(processor, raw_pixels=True)
+
+        def raw_normalised(rows):
+            b = raw(rows)
+            b["pixel_values"] = normalize_pixels(b["pixel_values"], processor.image_processor)
+            return b
+
+        variants = {"processor (float32)": ref, "raw uint8": raw, "raw uint8 + normalise on CPU": raw_normalised}
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        sizes = {}
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        for _ in range(rounds):
+            spent = dict.fromkeys(variants, 0.0)
+            for rows in batches:
+                for name, fn in variants.items():
+                    t0 = time.perf_counter()
+                    b = fn(rows)
+                    spent[name] += time.perf_counter() - t0
+                    pv = b["pixel_values"]
+                    sizes[name] = pv.element_size() * pv[:1].numel() * batch_size
+            for name in variants:
+                times[name].append(spent[name] / len(ds))
+    base_ms = statistics.median(times["processor (float32)"]) * 1e3
+    rows = []
+    for name in variants:
+        ms = statistics.median(times[name]) * 1e3
+        rows.append({"variant": name, "ms_per_page": round(ms, 2), "speedup": round(base_ms / ms, 2),
+                     "pixel_mb_per_batch": round(sizes[name] / 2**20, 1)})
+    return rows

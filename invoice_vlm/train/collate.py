@@ -50,8 +50,11 @@ class Collator:
     """Labels only the target (+ end token): image, prompt and padding tokens are -100. Nothing is truncated:
     preflight has checked the token budget before training starts."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, raw_pixels: bool = False):
+        """``raw_pixels``: ``pixel_values`` as resized uint8 pages (see models.normalize_pixels); the trainer
+        normalises them on the device."""
         self.processor = processor
+        self.raw_pixels = raw_pixels
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from .tasks import render_rows
@@ -59,4 +62,5 @@ class Collator:
         images = [render_rows(r["render"], r["target"], font_px=tuple(r.get("glyph_size") or (12.0, 18.0)))
                   if r.get("render") else
                   show_band(r["image"].convert("RGB"), r.get("window"), r.get("zoom") or 1.0) for r in rows]
-        return training_batch(self.processor, images, [r["prompt"] for r in rows], [r["target"] for r in rows])
+        return training_batch(self.processor, images, [r["prompt"] for r in rows], [r["target"] for r in rows],
+                              raw_pixels=self.raw_pixels)

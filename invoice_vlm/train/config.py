@@ -144,6 +144,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed for init, shuffling, task mixing and dropout"})
     time_budget: float = field(default=0.0, metadata={"help": "seconds: shorten sft.max_steps (and the schedule) to "
                                                                "what the measured speed fits in them (0: off)"})
+    raw_pixels: bool = field(default=True, metadata={"help": "collate pages as uint8 and normalise them on the "
+                                                               "device (PaliGemma, PIL processor; same numbers, less "
+                                                               "CPU per batch)"})
     resume: bool = field(default=False, metadata={"help": "continue from the run's last checkpoint"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with a hub model"})
     eval: EvalSettings = field(default_factory=EvalSettings)

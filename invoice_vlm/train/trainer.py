@@ -75,6 +75,15 @@ class InvoiceTrainer(SFTTrainer):
         self.state.compute_steps(self.args, max_steps)
         return out
 
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        pixels = inputs.get("pixel_values")
+        if pixels is not None and pixels.dtype == torch.uint8:  # a raw-pixel collator's batch: normalise here
+            from ..models import normalize_pixels
+
+            inputs["pixel_values"] = normalize_pixels(pixels, self.processing_class.image_processor)
+        return inputs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from transformers import Trainer
 
@@ -263,7 +272,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
     from ..data import read_split
     from ..evaluate import max_new_tokens_for
-    from ..models import load, resolve_model
+    from ..models import load, raw_pixels_supported, resolve_model
 
     run_dir = cfg.run_dir
     if not cfg.data:
@@ -330,9 +339,10 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
         cbs.append(TimeBudget(cfg.time_budget, run_dir))
     cbs += callbacks or []
     train_ds = to_dataset(examples)
+    collator = Collator(processor, raw_pixels=cfg.raw_pixels and raw_pixels_supported(processor))
     trainer = InvoiceTrainer(model=model, args=_sft_args(cfg, run_dir), train_dataset=train_ds,
                              eval_dataset=train_ds.select(range(1)) if cfg.eval.steps else None,
-                             processing_class=processor, data_collator=Collator(processor), callbacks=cbs,
+                             processing_class=processor, data_collator=collator, callbacks=cbs,
                              generation_eval=generation_eval, vision_lr_scale=cfg.vision_lr_scale)
     result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
 
