@@ -301,9 +301,9 @@ def _padding(processor, side: str):
 # ------------------------------------------------------------------------------------------ raw pixels
 # The image processor's float path (PIL resize, then numpy rescale and normalise, then a float32 copy per image)
 # is most of a training batch's CPU cost, and a float32 page is 7 MB to send from a DataLoader worker. A collator
-# can instead send the resized page as uint8 (a quarter of the bytes, a third of the CPU time: `invoice-vlm bench
-# collate`) and the trainer rescales and normalises it on the device. Same numbers: the resize is the processor's
-# own PIL resize, and normalize_pixels computes what its rescale + normalise do (tested equal to 1e-6).
+# can instead send the resized page as uint8 (a quarter of the bytes, less than half the CPU time: `invoice-vlm
+# bench collate`) and the trainer rescales and normalises it on the device. Same numbers: the resize is the
+# processor's own PIL resize, and normalize_pixels computes what its rescale + normalise do (tested equal to 1e-5).
 
 
 def raw_pixels_supported(processor) -> bool:

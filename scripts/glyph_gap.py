@@ -11,7 +11,6 @@ trains on.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
@@ -21,22 +20,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from invoice_vlm.infer import Predictor  # noqa: E402
 from invoice_vlm.models import load  # noqa: E402
-from invoice_vlm.train.tasks import random_chars, random_rows, render_rows  # noqa: E402
+from invoice_vlm.train.tasks import GLYPH_SIZE, glyph_examples  # noqa: E402
 from invoice_vlm.train.trainer import image_gap  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--glyph-size", type=float, nargs=2, default=(12.0, 18.0))
+    ap.add_argument("--glyph-size", type=float, nargs=2, default=GLYPH_SIZE)
     ap.add_argument("--glyph-chars", type=int, default=0)
     ap.add_argument("-n", type=int, default=16, help="held-out examples")
     args = ap.parse_args()
 
-    keys = [f"held-out/{k}" for k in range(args.n)]
-    texts = [random_chars(random.Random(k), args.glyph_chars) if args.glyph_chars else random_rows(random.Random(k))
-             for k in keys]
-    images = [render_rows(k, t, font_px=tuple(args.glyph_size)) for k, t in zip(keys, texts)]
+    texts, images = glyph_examples("held-out", args.n, tuple(args.glyph_size), args.glyph_chars)
     print("| checkpoint | image_gap | characters read right | readings (truth) |")
     print("|---|---:|---:|---|")
     for ckpt in sorted(args.checkpoints, key=lambda p: int(p.rsplit("-", 1)[-1]) if p.rsplit("-", 1)[-1].isdigit()

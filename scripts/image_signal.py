@@ -11,7 +11,6 @@ The examples are drawn as the trainer's ``glyphs`` task draws them, from seeds n
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from invoice_vlm.models import load, training_batch  # noqa: E402
-from invoice_vlm.train.tasks import random_chars, random_rows, render_rows  # noqa: E402
+from invoice_vlm.train.tasks import GLYPH_SIZE, glyph_examples  # noqa: E402
 
 
 def _row(name: str, x: torch.Tensor) -> str:
@@ -31,14 +30,11 @@ def _row(name: str, x: torch.Tensor) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+")
-    ap.add_argument("--glyph-size", type=float, nargs=2, default=(12.0, 18.0))
+    ap.add_argument("--glyph-size", type=float, nargs=2, default=GLYPH_SIZE)
     ap.add_argument("--glyph-chars", type=int, default=0)
     args = ap.parse_args()
 
-    keys = [f"signal/{k}" for k in range(8)]
-    texts = [random_chars(random.Random(k), args.glyph_chars) if args.glyph_chars else random_rows(random.Random(k))
-             for k in keys]
-    images = [render_rows(k, t, font_px=tuple(args.glyph_size)) for k, t in zip(keys, texts)]
+    texts, images = glyph_examples("signal", 8, tuple(args.glyph_size), args.glyph_chars)
     for path in args.models:
         model, processor = load(path)
         model.eval()

@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from invoice_vlm.models import TINY_RANDOM, TinyModelConfig, resolve_model, training_batch  # noqa: E402
 from invoice_vlm.synth import FONT_FAMILIES, get_font  # noqa: E402
+from invoice_vlm.train.tasks import GLYPH_CHARS  # noqa: E402
 from invoice_vlm.train.trainer import image_gap  # noqa: E402
 
-CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789"
+CHARS = GLYPH_CHARS  # the glyphs task's characters
 
 
 def grid_sample(rng: random.Random, cell: int = 32, max_chars: int = 48):

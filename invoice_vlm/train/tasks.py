@@ -32,6 +32,9 @@ FIELD_ORDER = ("invoice_number", "date", "due_date", "vendor", "vendor_address",
 ITEM_ORDER = ("description", "quantity", "unit_price", "amount")
 
 
+GLYPH_SIZE = (12.0, 18.0)  # the glyphs task's default font px: page-size text
+
+
 @dataclass
 class Example:
     id: str
@@ -42,7 +45,7 @@ class Example:
     window: tuple[float, float] = (0.0, 1.0)  # visible band (top, bottom) as fractions of the height
     render: str = ""  # glyphs: the seed the collator draws the image from (the target is the text drawn)
     zoom: float = 1.0  # lines: the band's text enlarged up to this factor (as far as the page allows)
-    glyph_size: tuple[float, float] = (12.0, 18.0)  # glyphs: font size range in px on the 850 x 1100 page
+    glyph_size: tuple[float, float] = GLYPH_SIZE  # glyphs: font size range in px on the 850 x 1100 page
 
 
 def canonical_fields(fields: dict[str, Any]) -> str:
@@ -127,8 +130,22 @@ def random_chars(rng: random.Random, most: int) -> str:
     return " ".join(rng.choice(GLYPH_CHARS) for _ in range(rng.randint(1, most)))
 
 
+def glyph_text(key: str, glyph_chars: int = 0) -> str:
+    """The ``glyphs`` task's target for ``key``: 1..``glyph_chars`` characters, or (0) rows of random words."""
+    return random_chars(random.Random(key), glyph_chars) if glyph_chars else random_rows(random.Random(key))
+
+
+def glyph_examples(prefix: str, n: int, glyph_size: tuple[float, float] = GLYPH_SIZE,
+                   glyph_chars: int = 0) -> tuple[list[str], list]:
+    """``n`` (target, image) pairs drawn exactly as the ``glyphs`` task draws them, from keys ``prefix/0..n-1``
+    (a prefix no run trains on gives held-out examples)."""
+    keys = [f"{prefix}/{k}" for k in range(n)]
+    texts = [glyph_text(k, glyph_chars) for k in keys]
+    return texts, [render_rows(k, t, font_px=tuple(glyph_size)) for k, t in zip(keys, texts)]
+
+
 def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100),
-                font_px: tuple[float, float] = (12.0, 18.0)) -> Image.Image:
+                font_px: tuple[float, float] = GLYPH_SIZE) -> Image.Image:
     """``text`` drawn at the top of a white letter page at 100 dpi (the pretraining pages' size), in an invoice font
     and size picked by ``key`` (from ``font_px``, smaller where the text would not fit the page): rows top to bottom,
     each left to right, as the transcription convention reads."""
@@ -158,7 +175,7 @@ def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100),
 
 
 def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, ocr_prompt: str = "ocr",
-                   repeat: int = 1, lines_zoom: float = 1.0, glyph_size: tuple[float, float] = (12.0, 18.0),
+                   repeat: int = 1, lines_zoom: float = 1.0, glyph_size: tuple[float, float] = GLYPH_SIZE,
                    glyph_chars: int = 0) -> list[Example]:
     """One example per page and pass; ``repeat`` passes draw tasks (and bands) afresh, so a long run over a fixed
     dataset keeps seeing new examples while staying a pure function of (seed, pass, page)."""
@@ -172,7 +189,7 @@ def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, o
 
 
 def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.Random, ocr_prompt: str,
-             lines_zoom: float = 1.0, glyph_size: tuple[float, float] = (12.0, 18.0), glyph_chars: int = 0) -> Example:
+             lines_zoom: float = 1.0, glyph_size: tuple[float, float] = GLYPH_SIZE, glyph_chars: int = 0) -> Example:
     possible = [t for t in tasks if can_do(s, t)] or ["ocr"]
     task = rng.choices(possible, weights=[ratios.get(t, 1.0) for t in possible])[0]
     if task == "extract":
@@ -182,8 +199,8 @@ def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.
         return Example(s.id, s.image, task, f"answer en {qa['question']}", qa["answer"])
     if task == "glyphs":
         key = f"glyphs/{rng.random()}"
-        text = random_chars(random.Random(key), glyph_chars) if glyph_chars else random_rows(random.Random(key))
-        return Example(s.id, s.image, task, ocr_prompt, text, render=key, glyph_size=tuple(glyph_size))
+        return Example(s.id, s.image, task, ocr_prompt, glyph_text(key, glyph_chars), render=key,
+                       glyph_size=tuple(glyph_size))
     if task == "lines":
         i, j, top, bottom = pick_band(s.meta["rows"], rng)
         # Log-uniform in [1, lines_zoom]; no draw at 1, so runs without zoom keep their examples.
