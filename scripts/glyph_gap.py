@@ -29,10 +29,12 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--glyph-size", type=float, nargs=2, default=GLYPH_SIZE)
     ap.add_argument("--glyph-chars", type=int, default=0)
+    ap.add_argument("--fixed", action="store_true", help="one font, size and place (glyph_fixed)")
     ap.add_argument("-n", type=int, default=16, help="held-out examples")
     args = ap.parse_args()
 
-    texts, images = glyph_examples("held-out", args.n, tuple(args.glyph_size), args.glyph_chars)
+    texts, images = glyph_examples("held-out", args.n, tuple(args.glyph_size), args.glyph_chars,
+                                   fixed=args.fixed)
     print("| checkpoint | image_gap | characters read right | readings (truth) |")
     print("|---|---:|---:|---|")
     for ckpt in sorted(args.checkpoints, key=lambda p: int(p.rsplit("-", 1)[-1]) if p.rsplit("-", 1)[-1].isdigit()

@@ -4,9 +4,9 @@
 # steps of 32 a second per run with 7 workers each, before batches carried their pages as uint8).
 #   bash scripts/gpu_pretrain.sh                      # two big-glyph curricula side by side, BUDGET seconds each
 #   bash scripts/gpu_pretrain.sh 'name|--set flags'   # plain runs of your own, side by side, BUDGET seconds each
-# The curriculum (README, "The GPU runs"): 1-4 characters 150-300 px tall, then 1-10 at 40-120 px, then rows of
-# random words at 14-40 px, then the config's pages; each stage starts from the last one's weights and gets a share
-# of BUDGET (30/20/20/30%), plus about 30 s to start. After each glyph stage, scripts/glyph_gap.py measures whether
+# The curriculum (README, "The GPU runs"): one character 600-1000 px tall drawn one way, then 1-4 characters
+# 150-300 px tall, then 1-10 at 40-120 px, then rows of random words at 14-40 px, then the config's pages; each stage
+# starts from the last one's weights and gets a share of BUDGET (15/20/20/15/30%), plus about 30 s to start. After each glyph stage, scripts/glyph_gap.py measures whether
 # it reads (image_gap, characters read right) into $OUT/<stage>.gap.md. START=<model folder> skips the first stage
 # and starts the second from that model (one that already reads big glyphs, e.g. a CPU run's; `carry` it there).
 # Then on any machine: bash scripts/ship_tiny.sh <the unpacked model folder> to measure it and ship it.
@@ -52,20 +52,26 @@ train() { # name, seconds, extra flags
       ${EXTRA:-} >"$OUT/$name.log" 2>&1
   echo "$name exit $?" >>"$OUT/env.txt"
 }
-gap() { # stage, glyph size min max, chars
-  $PY scripts/glyph_gap.py "runs/$1/model" --glyph-size "$2" "$3" --glyph-chars "$4" >"$OUT/$1.gap.md" 2>"$OUT/$1.gap.log"
+gap() { # stage, glyph size min max, chars, [--fixed]
+  $PY scripts/glyph_gap.py "runs/$1/model" --glyph-size "$2" "$3" --glyph-chars "$4" ${5:-} >"$OUT/$1.gap.md" 2>"$OUT/$1.gap.log"
 }
 GLYPHS="--set tasks.glyphs=1 --set tasks.lines=0 --set tasks.ocr=0 --set tasks.extract=0 --set eval.steps=0"
-curriculum() { # name, flags for stage 1 only (quoted, one word), flags for every stage
-  local p=$1 s1=$2 first; shift 2
+curriculum() { # name, flags for the first stage only (quoted, one word), flags for every stage
+  local p=$1 s0=$2 first; shift 2
   if [ -n "${START:-}" ]; then  # a model that already reads big glyphs (a CPU run's stage 1): start at stage 2
     first=$START
     local s2=30 s3=30 s4=40
   else
-    train "$p-1" $((BUDGET * 30 / 100)) $GLYPHS --set "glyph_size=[150,300]" --set glyph_chars=4 $s1 "$@"
+    # stage 0: one big character in one font, size and place (glyph_fixed), the only setting where the tiny model
+    # learned to read from scratch in a few hundred steps (README, "Why it does not read")
+    train "$p-0" $((BUDGET * 15 / 100)) $GLYPHS --set "glyph_size=[600,1000]" --set glyph_chars=1 \
+        --set glyph_fixed=true $s0 "$@"
+    gap "$p-0" 600 1000 1 --fixed
+    train "$p-1" $((BUDGET * 20 / 100)) $GLYPHS --set "glyph_size=[150,300]" --set glyph_chars=4 \
+        --set model="runs/$p-0/model" "$@"
     gap "$p-1" 150 300 4
     first=runs/$p-1/model
-    local s2=20 s3=20 s4=30
+    local s2=20 s3=15 s4=30
   fi
   train "$p-2" $((BUDGET * s2 / 100)) $GLYPHS --set "glyph_size=[40,120]" --set glyph_chars=10 \
       --set model="$first" "$@"
@@ -76,9 +82,10 @@ curriculum() { # name, flags for stage 1 only (quoted, one word), flags for ever
 }
 NAMES=()
 if [ $# -eq 0 ]; then
-  # The lead (README, "Why it does not read"): trained from the start, the vision tower and projector learn to
-  # drown the image's variation; frozen at their random init for stage 1 the decoder turned to the image instead.
-  # cur-a: everything trains at the full rate; cur-b: stage 1 with the vision tower and projector frozen.
+  # The leads (README, "Why it does not read"): from scratch the tiny model learned one character drawn one way
+  # (stage 0) and, starting from that, characters in any font, size and place; and with the vision tower and
+  # projector frozen at their random init the decoder turned to the image sooner.
+  # cur-a: everything trains at the full rate; cur-b: stage 0 with the vision tower and projector frozen.
   ALL="--set vision_lr_scale=1.0 --set sft.warmup_steps=0.05"
   NAMES+=(cur-a-4 cur-b-4)
   curriculum cur-a "" $ALL &
@@ -114,7 +121,7 @@ save_file({k: v.bfloat16() for k, v in load_file(src / "model.safetensors").item
           metadata={"format": "pt"})
 stages = [run]
 if name.endswith("-4"):  # a curriculum's last stage: the records of its earlier stages too
-    stages = [st for st in (Path("runs") / f"{name[:-2]}-{k}" for k in (1, 2, 3)) if st.is_dir()] + [run]
+    stages = [st for st in (Path("runs") / f"{name[:-2]}-{k}" for k in (0, 1, 2, 3)) if st.is_dir()] + [run]
 for stage in stages:
     records = pack / "records" / stage.name
     records.mkdir(parents=True, exist_ok=True)

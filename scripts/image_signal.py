@@ -32,9 +32,11 @@ def main() -> None:
     ap.add_argument("models", nargs="+")
     ap.add_argument("--glyph-size", type=float, nargs=2, default=GLYPH_SIZE)
     ap.add_argument("--glyph-chars", type=int, default=0)
+    ap.add_argument("--fixed", action="store_true", help="one font, size and place (glyph_fixed)")
     args = ap.parse_args()
 
-    texts, images = glyph_examples("signal", 8, tuple(args.glyph_size), args.glyph_chars)
+    texts, images = glyph_examples("signal", 8, tuple(args.glyph_size), args.glyph_chars,
+                                   fixed=args.fixed)
     for path in args.models:
         model, processor = load(path)
         model.eval()

@@ -149,6 +149,6 @@ def test_bench_train_compares_against_a_plain_loop():
     from invoice_vlm.train import bench as bench_mod
 
     rows = bench_mod.bench(steps=2, warmup=1, batch_size=2, model_cfg=TinyModelConfig(**TINY))
-    assert [r["variant"] for r in rows] == ["plain", "invoice-vlm", "trl-default"]
+    assert [r["variant"] for r in rows] == ["plain", "invoice-vlm", "invoice-vlm, logits everywhere", "trl-default"]
     assert rows[0]["vs_plain"] == 1.0 and all(r["samples_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     assert rows[1]["data_wait_pct"] is not None and 0 <= rows[1]["data_wait_pct"] < 100

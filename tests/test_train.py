@@ -451,6 +451,32 @@ def test_big_glyphs_fit_the_page_and_reach_the_collator(monkeypatch):
         train.TrainConfig(glyph_size=[20, 10])
 
 
+def test_fixed_glyphs_differ_only_in_their_text(monkeypatch):
+    """``glyph_fixed``: one font, size and place, so two examples of one character are the same image (and a random
+    draw is not); the collator draws what the example asks for."""
+    from invoice_vlm.train.collate import Collator
+    from invoice_vlm.train.tasks import build_examples, render_rows, to_dataset
+
+    same = [render_rows(f"key/{k}", "R", font_px=(600, 1000), fixed=True).tobytes() for k in range(3)]
+    assert len(set(same)) == 1
+    assert render_rows("key/0", "B", font_px=(600, 1000), fixed=True).tobytes() != same[0]
+    drawn = {render_rows(f"key/{k}", "R", font_px=(600, 1000)).tobytes() for k in range(3)}
+    assert len(drawn) == 3
+    box = render_rows("k", "R", font_px=(600, 1000), fixed=True).convert("L").point(
+        lambda v: 255 if v < 128 else 0).getbbox()
+    assert box[3] - box[1] > 400  # drawn at the middle of the range: 800 px, not the smallest or a default
+
+    pages = [_sample(i) for i in range(4)]
+    ex = build_examples(pages, {"glyphs": 1.0}, seed=0, glyph_size=(600, 1000), glyph_chars=1, glyph_fixed=True)
+    assert all(e.glyph_fixed for e in ex)
+    import invoice_vlm.train.collate as collate
+
+    seen = {}
+    monkeypatch.setattr(collate, "training_batch", lambda p, images, prompts, targets, **kw: seen.update(images=images))
+    Collator(None)([to_dataset(ex[:1]).remove_columns(["image"])[0]])
+    assert seen["images"][0].tobytes() == render_rows("other", ex[0].target, font_px=(600, 1000), fixed=True).tobytes()
+
+
 def test_raw_pixel_training_is_the_same_training(tiny_model, text_dataset, tmp_path):
     """uint8 batches normalised on the device by the trainer: the same losses and weights as float batches."""
     settings = dict(max_steps=3, logging_steps=1)
@@ -466,4 +492,41 @@ def test_raw_pixel_training_is_the_same_training(tiny_model, text_dataset, tmp_p
     a, b = (load_file(runs[raw] / "model" / "model.safetensors") for raw in (True, False))
     # Adam turns float-rounding differences of near-zero gradients into updates of ~1e-4; a wrong normalisation
     # moves the vision tower by the learning rate (3e-3 a step)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 5e-4
+
+
+def test_logits_only_where_labelled_is_the_same_training(tiny_model, text_dataset, tmp_path, monkeypatch):
+    """The loss from logits cut to the labelled positions: the same losses and weights as from every position's
+    logits, with the vocabulary projection run on fewer positions than the sequence has."""
+    from transformers import TrainerCallback
+
+    from invoice_vlm.train.trainer import InvoiceTrainer
+
+    class Positions(TrainerCallback):  # what the vocabulary projection sees, against the batch's length
+        def __init__(self):
+            self.seen: list[tuple[int, int]] = []
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            head = model.get_output_embeddings()
+            model.register_forward_pre_hook(lambda m, a, kw: self.seen.append((kw["input_ids"].shape[1], 0)),
+                                            with_kwargs=True)
+            head.register_forward_hook(lambda m, a, out: self.seen.append((0, out.shape[1])))
+
+    runs, seen = {}, {}
+    for cut in (True, False):
+        monkeypatch.setattr(InvoiceTrainer, "logits_where_labelled", cut)
+        spy = Positions()
+        runs[cut] = train.main(_cfg(tiny_model, text_dataset, tmp_path, f"cut-{cut}", max_steps=3, logging_steps=1),
+                               callbacks=[spy])
+        seq = [s for s, _ in spy.seen if s]
+        head = [h for _, h in spy.seen if h]
+        seen[cut] = list(zip(seq, head))
+    assert len(seen[True]) == 3
+    assert all(h < s for s, h in seen[True]), seen[True]   # cut: fewer positions than the sequence
+    assert all(h == s for s, h in seen[False]), seen[False]  # uncut: every position
+    losses = {cut: [h["loss"] for h in json.loads((d / "trainer_state.json").read_text())["log_history"]
+                    if "loss" in h] for cut, d in runs.items()}
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+    a, b = (load_file(runs[cut] / "model" / "model.safetensors") for cut in (True, False))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 5e-4

@@ -114,7 +114,9 @@ def _run_variant(name: str, base: str, data: str, tmp: str, steps: int, warmup: 
                 if i >= warmup:
                     times.append(time.perf_counter() - t0)
             return _summary(name, times, [], batch_size, mem)
-        cls = InvoiceTrainer if name == "invoice-vlm" else SFTTrainer
+        cls = SFTTrainer if name == "trl-default" else InvoiceTrainer
+        if name == "invoice-vlm, logits everywhere":  # the loss from every position's logits, as the model's own
+            cls = type("AllLogits", (InvoiceTrainer,), {"logits_where_labelled": False})
         # one step more than measured: a step's time runs from its start to the next one's start, so every
         # variant is timed over the same batches
         cfg = TrainConfig(model=base, data=data, output_root=tmp, name=name, seed=seed, sft={
@@ -153,7 +155,7 @@ def bench(steps: int = 12, warmup: int = 2, batch_size: int = 8, seed: int = 0, 
         rows = []
         # a fresh process per variant; spawn, not fork: the parent has already started torch's thread pool
         ctx = mp.get_context("spawn")
-        for name in ("plain", "invoice-vlm", "trl-default"):
+        for name in ("plain", "invoice-vlm", "invoice-vlm, logits everywhere", "trl-default"):
             with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # not mp.Pool: its daemonic workers cannot
                 rows.append(pool.submit(_run_variant, name, str(base), str(data), tmp, steps, warmup,  # start
                                         batch_size, seed).result())                             # DataLoader workers

@@ -59,7 +59,8 @@ class Collator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from .tasks import GLYPH_SIZE, render_rows
 
-        images = [render_rows(r["render"], r["target"], font_px=tuple(r.get("glyph_size") or GLYPH_SIZE))
+        images = [render_rows(r["render"], r["target"], font_px=tuple(r.get("glyph_size") or GLYPH_SIZE),
+                              fixed=bool(r.get("glyph_fixed")))
                   if r.get("render") else
                   show_band(r["image"].convert("RGB"), r.get("window"), r.get("zoom") or 1.0) for r in rows]
         return training_batch(self.processor, images, [r["prompt"] for r in rows], [r["target"] for r in rows],

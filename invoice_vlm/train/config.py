@@ -136,6 +136,9 @@ class TrainConfig:
                                                       "glyphs first: a curriculum from [120, 300] down to [12, 18])"})
     glyph_chars: int = field(default=0, metadata={"help": "glyphs task: 1..N random characters in one row (0: 1-5 "
                                                           "rows of random invoice words)"})
+    glyph_fixed: bool = field(default=False, metadata={"help": "glyphs task: one font, size (the middle of "
+                                                               "glyph_size) and place for every image: the first "
+                                                               "stage of reading"})
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig,
                                   metadata={"help": "architecture of a tiny-random model (ignored otherwise)"})
     prompt: str = field(default="ocr", metadata={"help": "prompt of the transcription task"})
@@ -195,6 +198,8 @@ class TrainConfig:
             raise ValueError(f"glyph_size: expected [smallest, largest] font px with 4 <= smallest <= largest, got {g!r}")
         if not (isinstance(self.glyph_chars, int) and self.glyph_chars >= 0):
             raise ValueError(f"glyph_chars: expected an integer >= 0, got {self.glyph_chars!r}")
+        if not isinstance(self.glyph_fixed, bool):
+            raise ValueError(f"glyph_fixed: expected true or false, got {self.glyph_fixed!r}")
         if not self.vision_lr_scale > 0:
             raise ValueError(f"vision_lr_scale: expected a number > 0, got {self.vision_lr_scale!r}")
         f = self.freeze

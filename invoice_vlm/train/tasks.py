@@ -46,6 +46,7 @@ class Example:
     render: str = ""  # glyphs: the seed the collator draws the image from (the target is the text drawn)
     zoom: float = 1.0  # lines: the band's text enlarged up to this factor (as far as the page allows)
     glyph_size: tuple[float, float] = GLYPH_SIZE  # glyphs: font size range in px on the 850 x 1100 page
+    glyph_fixed: bool = False  # glyphs: one font, size and place for every image (see render_rows)
 
 
 def canonical_fields(fields: dict[str, Any]) -> str:
@@ -136,30 +137,37 @@ def glyph_text(key: str, glyph_chars: int = 0) -> str:
 
 
 def glyph_examples(prefix: str, n: int, glyph_size: tuple[float, float] = GLYPH_SIZE,
-                   glyph_chars: int = 0) -> tuple[list[str], list]:
+                   glyph_chars: int = 0, fixed: bool = False) -> tuple[list[str], list]:
     """``n`` (target, image) pairs drawn exactly as the ``glyphs`` task draws them, from keys ``prefix/0..n-1``
     (a prefix no run trains on gives held-out examples)."""
     keys = [f"{prefix}/{k}" for k in range(n)]
     texts = [glyph_text(k, glyph_chars) for k in keys]
-    return texts, [render_rows(k, t, font_px=tuple(glyph_size)) for k, t in zip(keys, texts)]
+    return texts, [render_rows(k, t, font_px=tuple(glyph_size), fixed=fixed) for k, t in zip(keys, texts)]
 
 
 def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100),
-                font_px: tuple[float, float] = GLYPH_SIZE) -> Image.Image:
+                font_px: tuple[float, float] = GLYPH_SIZE, fixed: bool = False) -> Image.Image:
     """``text`` drawn at the top of a white letter page at 100 dpi (the pretraining pages' size), in an invoice font
     and size picked by ``key`` (from ``font_px``, smaller where the text would not fit the page): rows top to bottom,
-    each left to right, as the transcription convention reads."""
+    each left to right, as the transcription convention reads.
+
+    ``fixed``: one font (the first family, regular), the middle of ``font_px``, one place and black ink for every
+    image, so that only the text differs. The first stage of learning to read: from scratch, the tiny model learned
+    one big character in one rendering within 300 steps and stayed at chance with fonts, or sizes and places,
+    drawn at random (README, "Why it does not read")."""
     from PIL import Image, ImageDraw
 
     from ..synth import FONT_FAMILIES, get_font
 
     rng = random.Random(key + "/draw")
-    family, bold = rng.choice(sorted(FONT_FAMILIES)), rng.random() < 0.2
-    font = get_font(family, bold, rng.uniform(*font_px))
+    if fixed:
+        family, bold, px, x, y, spacing, ink = sorted(FONT_FAMILIES)[0], False, sum(font_px) / 2, 70, 20, 1.5, 0
+    else:
+        family, bold, px = rng.choice(sorted(FONT_FAMILIES)), rng.random() < 0.2, rng.uniform(*font_px)
+        x, y, spacing, ink = rng.randint(20, 120), rng.randint(8, 30), rng.uniform(1.3, 1.8), None
+    font = get_font(family, bold, px)
     page = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(page)
-    x, y = rng.randint(20, 120), rng.randint(8, 30)
-    spacing = rng.uniform(1.3, 1.8)
     rows = text.split("\n")
     # Big glyphs: every row, and all rows together, must fit (a cut glyph would make the target a lie)
     for _ in range(8):  # sizes are whole pixels and hinting is not linear: shrink until it fits
@@ -169,14 +177,14 @@ def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100),
             break
         font = get_font(family, bold, max(4.0, min(font.size - 1, 0.98 * font.size / max(wide, tall))))
     for row in rows:
-        draw.text((x, y), row, fill=(rng.randint(0, 60),) * 3, font=font)
+        draw.text((x, y), row, fill=(rng.randint(0, 60) if ink is None else ink,) * 3, font=font)
         y += font.size * spacing
     return page
 
 
 def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, ocr_prompt: str = "ocr",
                    repeat: int = 1, lines_zoom: float = 1.0, glyph_size: tuple[float, float] = GLYPH_SIZE,
-                   glyph_chars: int = 0) -> list[Example]:
+                   glyph_chars: int = 0, glyph_fixed: bool = False) -> list[Example]:
     """One example per page and pass; ``repeat`` passes draw tasks (and bands) afresh, so a long run over a fixed
     dataset keeps seeing new examples while staying a pure function of (seed, pass, page)."""
     tasks = [t for t, r in ratios.items() if r > 0]
@@ -184,12 +192,13 @@ def build_examples(samples: list[Sample], ratios: dict[str, float], seed: int, o
     for p in range(repeat):
         for s in samples:
             out.append(_example(s, tasks, ratios, random.Random(f"tasks/{seed}/{s.id}" + (f"/{p}" if p else "")),
-                                ocr_prompt, lines_zoom, glyph_size, glyph_chars))
+                                ocr_prompt, lines_zoom, glyph_size, glyph_chars, glyph_fixed))
     return out
 
 
 def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.Random, ocr_prompt: str,
-             lines_zoom: float = 1.0, glyph_size: tuple[float, float] = GLYPH_SIZE, glyph_chars: int = 0) -> Example:
+             lines_zoom: float = 1.0, glyph_size: tuple[float, float] = GLYPH_SIZE, glyph_chars: int = 0,
+             glyph_fixed: bool = False) -> Example:
     possible = [t for t in tasks if can_do(s, t)] or ["ocr"]
     task = rng.choices(possible, weights=[ratios.get(t, 1.0) for t in possible])[0]
     if task == "extract":
@@ -200,7 +209,7 @@ def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.
     if task == "glyphs":
         key = f"glyphs/{rng.random()}"
         return Example(s.id, s.image, task, ocr_prompt, glyph_text(key, glyph_chars), render=key,
-                       glyph_size=tuple(glyph_size))
+                       glyph_size=tuple(glyph_size), glyph_fixed=glyph_fixed)
     if task == "lines":
         i, j, top, bottom = pick_band(s.meta["rows"], rng)
         # Log-uniform in [1, lines_zoom]; no draw at 1, so runs without zoom keep their examples.
@@ -219,6 +228,7 @@ def to_dataset(examples: list[Example]):
         "prompt": [e.prompt for e in examples], "target": [e.target for e in examples],
         "window": [list(e.window) for e in examples], "render": [e.render for e in examples],
         "zoom": [e.zoom for e in examples], "glyph_size": [list(e.glyph_size) for e in examples],
+        "glyph_fixed": [e.glyph_fixed for e in examples],
         "length": [len(e.target) for e in examples],  # for train_sampling_strategy: group_by_length
     })
     return ds.cast_column("image", datasets.Image())

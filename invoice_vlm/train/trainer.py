@@ -33,9 +33,10 @@ from .tasks import build_examples, to_dataset
 class InvoiceTrainer(SFTTrainer):
     """SFTTrainer with the plain loss and evaluation by generation.
 
-    ``compute_loss``: the model's own cross-entropy. TRL's adds token-accuracy and entropy metrics through a fused,
-    chunked log-prob pass that, off Triton, scores every position (image tokens included) a second time: a third
-    of a CPU step for the tiny model (``invoice-vlm bench train`` measures both).
+    ``compute_loss``: the model's own cross-entropy, from the logits of the labelled positions only. TRL's adds
+    token-accuracy and entropy metrics through a fused, chunked log-prob pass that, off Triton, scores every
+    position (image tokens included) a second time: a third of a CPU step for the tiny model (``invoice-vlm bench
+    train`` measures both, and the loss from every position's logits).
     ``evaluate``: greedy generation on the whole evaluation split, scored with BLEU, TER, CER, WER and chrF, so
     the best checkpoint and early stopping follow the metric people care about, not the loss.
     """
@@ -84,9 +85,21 @@ class InvoiceTrainer(SFTTrainer):
             inputs["pixel_values"] = normalize_pixels(pixels, self.processing_class.image_processor)
         return inputs
 
+    # Logits only from the first labelled position on: the 576 image tokens and the prompt carry no loss, yet the
+    # model's own loss path projects every position onto the vocabulary (a tenth of a tiny-model CPU step on short
+    # targets). The same loss: the model shifts the cut labels against the cut logits exactly as the whole ones.
+    logits_where_labelled = True
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from transformers import Trainer
 
+        labels = inputs.get("labels")
+        if (self.logits_where_labelled and labels is not None and self.label_smoother is None
+                and self.compute_loss_func is None and _accepts_logits_to_keep(model)):
+            cols = (labels != -100).any(0).nonzero()
+            if len(cols) and int(cols[0]) > 0:
+                keep = labels.shape[1] - int(cols[0]) + 1  # one position before the first label predicts it
+                inputs = {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
         return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
@@ -121,6 +134,16 @@ class InvoiceTrainer(SFTTrainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether the model under any wrappers (DDP, PEFT) takes ``logits_to_keep`` and cuts its labels' logits."""
+    import inspect
+
+    while hasattr(model, "module"):
+        model = model.module
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 class GenerationEval:
@@ -285,7 +308,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     # Data first: bad input must fail before any model is built.
     samples = read_split(cfg.data, cfg.train_split)
     examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat, cfg.lines_zoom,
-                              tuple(cfg.glyph_size), cfg.glyph_chars)
+                              tuple(cfg.glyph_size), cfg.glyph_chars, cfg.glyph_fixed)
     eval_samples = []
     if cfg.eval.steps:
         eval_samples = read_split(cfg.data, cfg.eval.split)
