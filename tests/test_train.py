@@ -485,13 +485,18 @@ def test_raw_pixel_training_is_the_same_training(tiny_model, text_dataset, tmp_p
         cfg = _cfg(tiny_model, text_dataset, tmp_path, f"raw-{raw}", **settings)
         cfg.raw_pixels = raw
         runs[raw] = train.main(cfg)
-    losses = {raw: [h["loss"] for h in json.loads((d / "trainer_state.json").read_text())["log_history"]
-                    if "loss" in h] for raw, d in runs.items()}
-    assert len(losses[True]) == 3
-    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
-    a, b = (load_file(runs[raw] / "model" / "model.safetensors") for raw in (True, False))
-    # Adam turns float-rounding differences of near-zero gradients into updates of ~1e-4; a wrong normalisation
-    # moves the vision tower by the learning rate (3e-3 a step)
+    # a wrong normalisation moves the vision tower by the learning rate (3e-3 a step)
+    _assert_same_training(runs[True], runs[False])
+
+
+def _assert_same_training(run_a: Path, run_b: Path, steps: int = 3) -> None:
+    """Two runs of ``steps`` logged steps: the same losses and the same final weights."""
+    losses = [[h["loss"] for h in json.loads((d / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+              for d in (run_a, run_b)]
+    assert len(losses[0]) == steps
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+    a, b = (load_file(d / "model" / "model.safetensors") for d in (run_a, run_b))
+    # Adam turns float-rounding differences of near-zero gradients into updates of ~1e-4
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 5e-4
 
 
@@ -524,9 +529,4 @@ def test_logits_only_where_labelled_is_the_same_training(tiny_model, text_datase
     assert len(seen[True]) == 3
     assert all(h < s for s, h in seen[True]), seen[True]   # cut: fewer positions than the sequence
     assert all(h == s for s, h in seen[False]), seen[False]  # uncut: every position
-    losses = {cut: [h["loss"] for h in json.loads((d / "trainer_state.json").read_text())["log_history"]
-                    if "loss" in h] for cut, d in runs.items()}
-    assert len(losses[True]) == 3
-    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
-    a, b = (load_file(runs[cut] / "model" / "model.safetensors") for cut in (True, False))
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 5e-4
+    _assert_same_training(runs[True], runs[False])
