@@ -13,7 +13,7 @@ Rungs (digits 0-9 unless said; chance is 6.4 of 64):
   fixed60    as ``fixed``, over the 60 characters of the ``glyphs`` task
 
 The model is the shipped architecture at ``--image-size`` (256 px: 64 image tokens, about 7 times cheaper a step
-than 768 px here, and it fails and succeeds as the 768 px model does; README, "Why it does not read").
+than 768 px here, and it fails and succeeds as the 768 px model does; README, "What starts the reading").
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def render_rows(key: str, text: str, size: tuple[int, int] = (850, 1100),
     ``fixed``: one font (the first family, regular), the middle of ``font_px``, one place and black ink for every
     image, so that only the text differs. The first stage of learning to read: from scratch, the tiny model learned
     one big character in one rendering within 300 steps and stayed at chance with fonts, or sizes and places,
-    drawn at random (README, "Why it does not read")."""
+    drawn at random (README, "What starts the reading")."""
     from PIL import Image, ImageDraw
 
     from ..synth import FONT_FAMILIES, get_font
