@@ -1,6 +1,7 @@
 """Do a run's checkpoints read glyphs? For each checkpoint: ``image_gap`` on held-out ``glyphs`` examples (loss with
-another example's image minus loss with the right one; 0 = the image is ignored), the share of characters read
-right by greedy decoding, and two readings.
+another example's image minus loss with the right one; 0 = the image is ignored), the examples read exactly right
+and the CER of greedy decoding (by edit distance, so one dropped character costs one edit, not the rest of the
+string), and two readings.
 
     python scripts/glyph_gap.py runs/curriculum-big/checkpoint-* --glyph-size 150 300 --glyph-chars 4
 
@@ -18,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from invoice_vlm.evaluate import cer  # noqa: E402
 from invoice_vlm.infer import Predictor  # noqa: E402
 from invoice_vlm.models import load  # noqa: E402
 from invoice_vlm.train.tasks import GLYPH_SIZE, glyph_examples  # noqa: E402
@@ -35,8 +37,8 @@ def main() -> None:
 
     texts, images = glyph_examples("held-out", args.n, tuple(args.glyph_size), args.glyph_chars,
                                    fixed=args.fixed)
-    print("| checkpoint | image_gap | characters read right | readings (truth) |")
-    print("|---|---:|---:|---|")
+    print("| checkpoint | image_gap | read exactly right | CER | readings (truth) |")
+    print("|---|---:|---:|---:|---|")
     for ckpt in sorted(args.checkpoints, key=lambda p: int(p.rsplit("-", 1)[-1]) if p.rsplit("-", 1)[-1].isdigit()
                        else 0):
         model, processor = load(ckpt)
@@ -44,9 +46,8 @@ def main() -> None:
         with torch.no_grad():
             gap = image_gap(model, processor, images, texts, "ocr")
             preds = Predictor(model, processor, max_new_tokens=24, batch_size=8).predict(images, "ocr")
-        right = sum(sum(a == b for a, b in zip(p.replace(" ", ""), t.replace(" ", ""))) for p, t in zip(preds, texts))
-        total = sum(len(t.replace(" ", "")) for t in texts)
-        print(f"| {ckpt} | {gap['image_gap']:.3f} | {right}/{total} | "
+        right = sum(p.strip() == t for p, t in zip(preds, texts))
+        print(f"| {ckpt} | {gap['image_gap']:.3f} | {right}/{len(texts)} | {cer(preds, texts):.1%} | "
               f"{preds[0]!r} ({texts[0]!r}), {preds[1]!r} ({texts[1]!r}) |", flush=True)
 
 
