@@ -19,24 +19,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _glyph_args import add_glyph_args, examples  # noqa: E402
 from invoice_vlm.evaluate import cer  # noqa: E402
 from invoice_vlm.infer import Predictor  # noqa: E402
 from invoice_vlm.models import load  # noqa: E402
-from invoice_vlm.train.tasks import GLYPH_SIZE, glyph_examples  # noqa: E402
 from invoice_vlm.train.trainer import image_gap  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--glyph-size", type=float, nargs=2, default=GLYPH_SIZE)
-    ap.add_argument("--glyph-chars", type=int, default=0)
-    ap.add_argument("--fixed", action="store_true", help="one font, size and place (glyph_fixed)")
+    add_glyph_args(ap)
     ap.add_argument("-n", type=int, default=16, help="held-out examples")
     args = ap.parse_args()
 
-    texts, images = glyph_examples("held-out", args.n, tuple(args.glyph_size), args.glyph_chars,
-                                   fixed=args.fixed)
+    texts, images = examples(args, "held-out", args.n)
     print("| checkpoint | image_gap | read exactly right | CER | readings (truth) |")
     print("|---|---:|---:|---:|---|")
     for ckpt in sorted(args.checkpoints, key=lambda p: int(p.rsplit("-", 1)[-1]) if p.rsplit("-", 1)[-1].isdigit()

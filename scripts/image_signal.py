@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _glyph_args import add_glyph_args, examples  # noqa: E402
 from invoice_vlm.models import load, training_batch  # noqa: E402
-from invoice_vlm.train.tasks import GLYPH_SIZE, glyph_examples  # noqa: E402
 
 
 def _row(name: str, x: torch.Tensor) -> str:
@@ -30,13 +30,10 @@ def _row(name: str, x: torch.Tensor) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+")
-    ap.add_argument("--glyph-size", type=float, nargs=2, default=GLYPH_SIZE)
-    ap.add_argument("--glyph-chars", type=int, default=0)
-    ap.add_argument("--fixed", action="store_true", help="one font, size and place (glyph_fixed)")
+    add_glyph_args(ap)
     args = ap.parse_args()
 
-    texts, images = glyph_examples("signal", 8, tuple(args.glyph_size), args.glyph_chars,
-                                   fixed=args.fixed)
+    texts, images = examples(args, "signal", 8)
     for path in args.models:
         model, processor = load(path)
         model.eval()
