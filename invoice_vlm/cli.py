@@ -223,6 +223,26 @@ def train(
     _guard(go)
 
 
+@app.command()
+def pretrain(
+    config: Path = typer.Option(Path("configs/tiny/pretrain.yaml"), "--config", "-c", help="YAML config"),
+    name: Optional[str] = typer.Option(None, help="run name (output: runs/<name>)"),
+    max_steps: Optional[int] = typer.Option(None, help="steps the schedule is planned over"),
+    time_budget: Optional[float] = typer.Option(None, help="seconds for this invocation; ends with a checkpoint"),
+    resume: bool = typer.Option(False, help="continue from the run's last checkpoint (exactly)"),
+    sets: Optional[list[str]] = SetOpt,
+) -> None:
+    """Pretrain the embedded row reader from scratch on synthetic rows (curriculum, CTC loss, exact resume)."""
+    from .train import pretrain as stage
+
+    def go():
+        cfg = stage.load_config(str(config), sets, dict(name=name, max_steps=max_steps, time_budget=time_budget))
+        run_dir = stage.main(cfg, resume=resume)
+        out.print(f"run folder: {run_dir}")
+
+    _guard(go)
+
+
 @app.command("eval")
 def eval_(
     data: str = typer.Option(..., help="dataset folder, or a manifest .jsonl (PDF pages rendered at --dpi)"),

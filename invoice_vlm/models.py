@@ -32,6 +32,7 @@ EMBEDDED = "invoice-vlm-tiny"
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "models" / EMBEDDED
 TINY_RANDOM_2 = "tiny-random-paligemma2"
 TINY_RANDOM_IDEFICS3 = "tiny-random-idefics3"
+TINY_RANDOM_ROWS = "tiny-random-rows"  # a fresh row reader of invoice-vlm-tiny's architecture
 
 # Every character our locales print, so they are merged into tokens even if the sampled corpus misses some.
 _ALPHABET_LINE = ("€ £ $ ¥ ₹ CHF % ° № º ª ß ä ö ü Ä Ö Ü é è ê ë à â ç î ï ô û ù ÿ œ æ É È Ê À Ç Ô Œ ñ á í ó ú "
@@ -146,6 +147,134 @@ def create_tiny(out: str | Path, cfg: TinyModelConfig | None = None) -> Path:
     return out
 
 
+# ------------------------------------------------------------------------------------------ row reader
+# invoice-vlm-tiny reads one text row at a time (invoice_vlm.rows cuts pages into rows). Its architecture is
+# FastVLM's (FastVlmForConditionalGeneration, native in transformers): a convolutional tower — transformers' own
+# ResNetModel — whose feature map is flattened into image tokens, an MLP projector and a Qwen2 decoder that writes
+# the row character by character. Trained from scratch on this CPU, a convolutional front end starts reading many
+# times sooner than a ViT with linear patches (docs/embedded-model.md has the bake-off).
+
+ROW_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+
+
+@dataclass
+class RowModelConfig:
+    height: int = field(default=32, metadata={"help": "row image height in px (the tower's stride divides it)"})
+    max_width: int = 1536
+    stem: int = 32  # ResNet embedding width
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256])  # ResNet stage widths
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1])
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 1
+    text_intermediate: int = 1024
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+    @property
+    def stride(self) -> int:
+        return 4 * 2 ** (len(self.widths) - 1)  # stem /4, then /2 in every stage but the first
+
+    def __post_init__(self) -> None:
+        if self.height % self.stride:
+            raise ValueError(f"height {self.height} is not a multiple of the tower's stride {self.stride}")
+        if len(self.widths) != len(self.depths):
+            raise ValueError("widths and depths need one entry per ResNet stage")
+
+
+def row_alphabet() -> list[str]:
+    """Every character the synthetic invoices print, plus printable ASCII and the locales' symbols."""
+    import string
+
+    from .synth import text_corpus
+
+    chars = set(string.printable[:95]) | set(_ALPHABET_LINE.replace(" ", "")) | set("".join(text_corpus()))
+    return sorted(c for c in chars if c not in "\n\r\t\x0b\x0c")
+
+
+def build_char_tokenizer(chars: list[str] | None = None):
+    """One token per character (a BPE model with no merges; anything else is <unk>): a reader learned from scratch
+    aligns characters to pixels, which word pieces would hide."""
+    from tokenizers import Tokenizer, decoders, models as tk_models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(ROW_SPECIALS + (chars or row_alphabet()))}
+    tok = Tokenizer(tk_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+                                   clean_up_tokenization_spaces=False, padding_side="right")
+
+
+def build_row_processor(tokenizer, cfg: RowModelConfig):
+    from transformers import LlavaProcessor, SiglipImageProcessorPil
+
+    # Rows arrive already scaled to cfg.height and padded to a multiple of the stride (invoice_vlm.rows), so the
+    # image processor only rescales and normalises; LlavaProcessor writes one <image> per feature-map cell.
+    image_processor = SiglipImageProcessorPil(do_resize=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=cfg.stride,
+                          vision_feature_select_strategy="full", image_token="<image>")
+
+
+def build_row_model(cfg: RowModelConfig, tokenizer):
+    from transformers import FastVlmConfig, FastVlmForConditionalGeneration, Qwen2Config, ResNetConfig
+
+    from .rows import ReadingUnit
+
+    vision = ResNetConfig(num_channels=3, embedding_size=cfg.stem, hidden_sizes=list(cfg.widths),
+                          depths=list(cfg.depths), layer_type="basic", downsample_in_first_stage=False)
+    vision.hidden_size = cfg.widths[-1]  # FastVLM's projector reads the tower's output width from here
+    text = Qwen2Config(hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+                       num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                       num_key_value_heads=cfg.text_kv_heads, head_dim=cfg.text_hidden // cfg.text_heads,
+                       vocab_size=len(tokenizer), max_position_embeddings=cfg.max_position_embeddings,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    config = FastVlmConfig(vision_config=vision, text_config=text,
+                           image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                           image_seq_length=(cfg.height // cfg.stride) * (cfg.max_width // cfg.stride))
+    config.reading = ReadingUnit(unit="row", height=cfg.height, max_width=cfg.max_width,
+                                 multiple=cfg.stride).to_dict()
+    torch.manual_seed(cfg.seed)
+    model = FastVlmForConditionalGeneration(config)
+    for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    return model
+
+
+def create_row_model(out: str | Path, cfg: RowModelConfig | None = None) -> Path:
+    """A random row reader (FastVLM architecture) with its character tokenizer and processor, saved like a hub
+    checkpoint; ``config.json`` records the reading unit."""
+    from .common import staged_dir
+
+    cfg = cfg or RowModelConfig()
+    tokenizer = build_char_tokenizer()
+    processor = build_row_processor(tokenizer, cfg)
+    model = build_row_model(cfg, tokenizer)
+    out = Path(out)
+    with staged_dir(out) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        processor.save_pretrained(stage)
+    return out
+
+
+def reading_unit_of(name_or_path: str | Path):
+    """The reading unit a model's config.json records (invoice_vlm.rows.ReadingUnit), or None (it reads pages)."""
+    import json
+
+    from .rows import ReadingUnit
+
+    name = str(embedded_model()) if str(name_or_path) == EMBEDDED else str(name_or_path)
+    cfg = Path(name) / "config.json"
+    if cfg.is_file():
+        try:
+            return ReadingUnit.from_config(json.loads(cfg.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as e:
+            raise InvoiceVLMError(f"{cfg}: unreadable reading unit ({e})") from None
+    return None  # a hub id: the hub's PaliGemma checkpoints read pages
+
+
 def embedded_model() -> Path:
     if not (EMBEDDED_DIR / "config.json").is_file():
         raise InvoiceVLMError(f"{EMBEDDED}: the embedded model is missing ({EMBEDDED_DIR}); this needs a source "
@@ -158,10 +287,12 @@ def resolve_model(spec: str, workdir: Path, tiny: TinyModelConfig | None = None)
     built into ``workdir/base`` (with the architecture ``tiny``, if given)."""
     if spec == EMBEDDED:
         return str(embedded_model())
-    if spec in (TINY_RANDOM, TINY_RANDOM_2, TINY_RANDOM_IDEFICS3):
+    if spec in (TINY_RANDOM, TINY_RANDOM_2, TINY_RANDOM_IDEFICS3, TINY_RANDOM_ROWS):
         base = workdir / "base"
         if not (base / "config.json").is_file():
-            if spec == TINY_RANDOM_IDEFICS3:
+            if spec == TINY_RANDOM_ROWS:
+                create_row_model(base)
+            elif spec == TINY_RANDOM_IDEFICS3:
                 create_tiny_idefics3(base)
             else:
                 arch = dataclasses.replace(tiny or TinyModelConfig(),

@@ -8,6 +8,12 @@ What makes it fast (``invoice-vlm bench predict`` measures it against one ``gene
 - a window of pages is sorted by how much text each shows (its share of dark pixels, a cheap stand-in for the
   length of its transcription) so that a batch does not wait many steps for one long page;
 - options: dynamic int8 quantisation of the linear layers on CPU, bf16 on a GPU, ``torch.compile``.
+
+A model that reads rows (its config.json records ``reading: {"unit": "row"}``, as invoice-vlm-tiny does) gets the
+same interface: each page is cut into rows by ``invoice_vlm.rows.segment`` (pixels only), the rows of all pages in
+a batch are generated together, widest first in batches of ``row_batch_size``, and each page's text is its rows
+joined by newlines. ``extract`` on such a model gives the fields that the rule-based field reader
+(``invoice_vlm.evaluate.fields.fields_from_text``) finds in that transcription, as the same JSON.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import Hashable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -38,8 +45,12 @@ class Predictor:
     """Wraps a (model, processor) pair. ``predict`` returns only the generated text, prompt excluded."""
 
     def __init__(self, model, processor, max_new_tokens: int = 512, batch_size: int = 8, sort_by_length: bool = True,
-                 window: int = 4, min_new_tokens: int = 0):
+                 window: int = 4, min_new_tokens: int = 0, row_batch_size: int = 64):
+        from ..rows import ReadingUnit
+
         self.model = model
+        self.unit = ReadingUnit.from_config(getattr(model, "config", {}))
+        self.row_batch_size = max(1, row_batch_size)
         self.processor = processor
         self.max_new_tokens = max_new_tokens
         self.min_new_tokens = min_new_tokens  # > 0 only for benchmarks: page-length output from any model
@@ -82,6 +93,8 @@ class Predictor:
         from ..models import generation_inputs
 
         prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+        if self.unit is not None:
+            return self._read_pages(images, prompts)
         inputs = generation_inputs(self.processor, list(images), prompts).to(self.device)
         if "pixel_values" in inputs:
             dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
@@ -106,6 +119,72 @@ class Predictor:
         self.stats["generate_seconds"] += time.perf_counter() - t0
         self.stats["new_tokens"] += int((generated != tok.pad_token_id).sum())
         return [t.strip() for t in self.processor.batch_decode(generated, skip_special_tokens=True)]
+
+    def _read_pages(self, images: Sequence[Image.Image], prompts: list[str]) -> list[str]:
+        from ..common import InvoiceVLMError
+        from ..rows import deskew, row_image, segment
+        from ..train.tasks import EXTRACT_PROMPT
+
+        for p in prompts:
+            if p not in (DEFAULT_PROMPT, EXTRACT_PROMPT):
+                raise InvoiceVLMError(f"this model reads text rows: it answers {DEFAULT_PROMPT!r} and "
+                                      f"{EXTRACT_PROMPT!r}, not {p!r}")
+        rows, owner = [], []
+        for k, image in enumerate(images):
+            image = deskew(image)
+            for box in segment(image):
+                rows.append(np.asarray(row_image(image, box, self.unit).convert("L")))
+                owner.append(k)
+        texts = self.read_rows(rows)
+        pages: list[list[str]] = [[] for _ in images]
+        for k, text in zip(owner, texts):
+            if text:  # a row with nothing to read (a signature, a logo's remains) adds no line
+                pages[k].append(text)
+        self.stats["pages"] += len(images)
+        out = []
+        for lines, prompt in zip(pages, prompts):
+            text = "\n".join(lines)
+            if prompt == EXTRACT_PROMPT:
+                import json
+
+                from ..evaluate.fields import fields_from_text
+
+                text = json.dumps(fields_from_text(text), ensure_ascii=False)
+            out.append(text)
+        return out
+
+    @torch.inference_mode()
+    def read_rows(self, rows: list[np.ndarray]) -> list[str]:
+        """Greedy transcriptions of row images (uint8, the unit's height), widest first in batches."""
+        from ..train.rowdata import row_batch
+
+        tok = self.processor.tokenizer
+        order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])
+        out: dict[int, str] = {}
+        was_training = self.model.training
+        self.model.eval()
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        try:
+            for i in range(0, len(order), self.row_batch_size):
+                chunk = order[i:i + self.row_batch_size]
+                inputs = row_batch([rows[j] for j in chunk], None, tok, self.unit, self.model.config.image_token_index)
+                inputs.pop("image_columns")
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+                # a character is at least a sixth of the row's height wide: the longest text a row can hold
+                budget = min(self.max_new_tokens, rows[chunk[0]].shape[1] * 6 // self.unit.height + 8)
+                t0 = time.perf_counter()
+                gen = self.model.generate(**inputs, max_new_tokens=budget, do_sample=False, use_cache=True,
+                                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                self.stats["generate_seconds"] += time.perf_counter() - t0
+                self.stats["batches"] += 1
+                new = gen[:, inputs["input_ids"].shape[1]:]
+                self.stats["new_tokens"] += int((new != tok.pad_token_id).sum())
+                out.update(zip(chunk, (t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))))
+        finally:
+            if was_training:
+                self.model.train()
+        return [out[i] for i in range(len(rows))]
 
     def predict_stream(self, items: Iterable[tuple[Hashable, Image.Image]],
                        prompt: str = DEFAULT_PROMPT) -> Iterator[tuple[Hashable, str]]:

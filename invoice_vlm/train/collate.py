@@ -50,14 +50,30 @@ class Collator:
     """Labels only the target (+ end token): image, prompt and padding tokens are -100. Nothing is truncated:
     preflight has checked the token budget before training starts."""
 
-    def __init__(self, processor, raw_pixels: bool = False):
+    def __init__(self, processor, raw_pixels: bool = False, unit=None, image_token_id: int | None = None):
         """``raw_pixels``: ``pixel_values`` as resized uint8 pages (see models.normalize_pixels); the trainer
-        normalises them on the device."""
+        normalises them on the device. ``unit`` (a row model's ReadingUnit): examples are rows of their pages."""
         self.processor = processor
         self.raw_pixels = raw_pixels
+        self.unit = unit
+        self.image_token_id = image_token_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from .tasks import GLYPH_SIZE, render_rows
+
+        if self.unit is not None:
+            import numpy as np
+
+            from ..rows import deskew, row_image
+            from .rowdata import row_batch
+
+            crops = [np.asarray(row_image(deskew(r["image"], float(r.get("angle") or 0.0)), tuple(r["box"]),
+                                          self.unit).convert("L")) for r in rows]
+            batch = row_batch(crops, [r["target"] for r in rows], self.processor.tokenizer, self.unit,
+                              self.image_token_id)
+            for key in ("image_columns", "ctc_targets", "ctc_lengths"):
+                batch.pop(key)
+            return batch
 
         images = [render_rows(r["render"], r["target"], font_px=tuple(r.get("glyph_size") or GLYPH_SIZE),
                               fixed=bool(r.get("glyph_fixed")))

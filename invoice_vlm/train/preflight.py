@@ -35,17 +35,26 @@ def image_size(processor) -> int:
     return int(size.get("height") or size.get("shortest_edge") or size.get("longest_edge") or 0)
 
 
-def check(cfg: TrainConfig, model, processor, examples: list[Example]) -> dict[str, Any]:
-    """Returns the figures (written to run.json); raises on what must not run; lists warnings."""
+def row_token_budget(processor, examples: list[Example], unit) -> dict[str, int]:
+    """A row model's worst case: the widest row the unit allows and the longest row target."""
+    tok = processor.tokenizer
+    image = (unit.height // unit.multiple) * (unit.max_width // unit.multiple)
+    target = max(len(tok(e.target, add_special_tokens=False)["input_ids"]) for e in examples) + 1
+    return {"total": image + 1 + target, "image": image, "prompt": 1, "target": target}
+
+
+def check(cfg: TrainConfig, model, processor, examples: list[Example], unit=None) -> dict[str, Any]:
+    """Returns the figures (written to run.json); raises on what must not run; lists warnings. ``unit``: the
+    model reads rows (its examples are rows of pages)."""
     sft = cfg.sft_settings()
     warnings: list[str] = []
-    budget = token_budget(processor, examples)
+    budget = row_token_budget(processor, examples, unit) if unit is not None else token_budget(processor, examples)
     if cfg.max_length and budget["total"] > cfg.max_length:
         raise InvoiceVLMError(
             f"{cfg.data}: the longest sample needs {budget['total']} tokens ({budget['image']} image + "
             f"{budget['prompt']} prompt + {budget['target']} target) but max_length is {cfg.max_length}; raise "
             "max_length (or set it to 0 to size it from the data) rather than truncating image tokens or targets")
-    side = image_size(processor)
+    side = image_size(processor) if unit is None else 0
     if side and side < 448:
         warnings.append(f"{side} px input: an A4 page's small text is 2-3 px tall at 224 px; PaliGemma's 448 and "
                         "896 px checkpoints are the ones for documents (DocVQA ANLS 43.7 / 78.0 / 84.8)")

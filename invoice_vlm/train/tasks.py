@@ -47,6 +47,8 @@ class Example:
     zoom: float = 1.0  # lines: the band's text enlarged up to this factor (as far as the page allows)
     glyph_size: tuple[float, float] = GLYPH_SIZE  # glyphs: font size range in px on the 850 x 1100 page
     glyph_fixed: bool = False  # glyphs: one font, size and place for every image (see render_rows)
+    box: tuple[int, int, int, int] | None = None  # row: the row's box on the page (a row model's example)
+    angle: float = 0.0  # row: the page is turned by this much (rows.deskew) before the box is cut
 
 
 def canonical_fields(fields: dict[str, Any]) -> str:
@@ -219,6 +221,36 @@ def _example(s: Sample, tasks: list[str], ratios: dict[str, float], rng: random.
     return Example(s.id, s.image, "ocr", ocr_prompt, s.text)
 
 
+def row_examples(samples: list[Sample], prompt: str = "ocr", repeat: int = 1) -> tuple[list[Example], list[str]]:
+    """A row model's examples: every text row of every page, cut by the segmenter (invoice_vlm.rows) as at
+    inference. Which box is which line: the record's row extents where it has them (synthetic clean renders),
+    else the order of the boxes when there are exactly as many as the text has lines. Pages where neither holds
+    are returned as skipped (with the reason), never guessed."""
+    from ..data import open_image
+    from ..rows import deskew, match_rows, segment, skew_angle
+
+    out: list[Example] = []
+    skipped: list[str] = []
+    for s in samples:
+        image = open_image(s.image)
+        lines = s.text.split("\n")
+        extents = s.meta.get("rows") if s.meta.get("augment", "none") == "none" else None
+        angle = 0.0
+        if extents and len(extents) == len(lines):  # a clean render: its extents are in its own geometry
+            matched = match_rows(segment(image), extents, image.height)
+        else:
+            angle = skew_angle(image)
+            boxes = segment(deskew(image, angle))
+            if len(boxes) != len(lines):
+                skipped.append(f"{s.id}: {len(boxes)} text rows found on the page, {len(lines)} lines in its text")
+                continue
+            matched = list(boxes)
+        for i, (box, line) in enumerate(zip(matched, lines)):
+            if box is not None and line.strip():
+                out.append(Example(f"{s.id}/row{i}", s.image, "row", prompt, line, box=tuple(box), angle=angle))
+    return out * max(1, repeat), skipped
+
+
 def to_dataset(examples: list[Example]):
     """A ``datasets.Dataset`` with an ``image`` column (decoded lazily), as TRL's vision path expects."""
     import datasets
@@ -229,6 +261,8 @@ def to_dataset(examples: list[Example]):
         "window": [list(e.window) for e in examples], "render": [e.render for e in examples],
         "zoom": [e.zoom for e in examples], "glyph_size": [list(e.glyph_size) for e in examples],
         "glyph_fixed": [e.glyph_fixed for e in examples],
+        "box": [list(e.box) if e.box else [] for e in examples],
+        "angle": [e.angle for e in examples],
         "length": [len(e.target) for e in examples],  # for train_sampling_strategy: group_by_length
     })
     return ds.cast_column("image", datasets.Image())

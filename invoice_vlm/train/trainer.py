@@ -27,7 +27,7 @@ from ..common import InvoiceVLMError, environment_info, staged_dir, write_json
 from . import methods, preflight
 from .collate import Collator
 from .config import METRICS, TrainConfig
-from .tasks import build_examples, to_dataset
+from .tasks import build_examples, row_examples, to_dataset
 
 
 class InvoiceTrainer(SFTTrainer):
@@ -165,7 +165,9 @@ class GenerationEval:
         return {"bleu": scores["bleu"]["bleu"], "ter": scores["ter"]["score"], "cer": scores["cer"],
                 "wer": scores["wer"], "chrf": scores["chrf"], "exact_match": scores["exact_match"],
                 "distinct": len(set(preds)) / len(preds),
-                **image_gap(model, processor, images[:8], [s.text for s in self.samples[:8]], self.prompt)}
+                # a page-model diagnostic; a row model's pages are many inputs (its CER shows whether it reads)
+                **(image_gap(model, processor, images[:8], [s.text for s in self.samples[:8]], self.prompt)
+                   if predictor.unit is None else {})}
 
 
 @torch.no_grad()
@@ -295,7 +297,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
     from ..data import read_split
     from ..evaluate import max_new_tokens_for
-    from ..models import load, raw_pixels_supported, resolve_model
+    from ..models import load, raw_pixels_supported, reading_unit_of, resolve_model
 
     run_dir = cfg.run_dir
     if not cfg.data:
@@ -307,8 +309,17 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
     # Data first: bad input must fail before any model is built.
     samples = read_split(cfg.data, cfg.train_split)
-    examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat, cfg.lines_zoom,
-                              tuple(cfg.glyph_size), cfg.glyph_chars, cfg.glyph_fixed)
+    base = resolve_model(cfg.model, run_dir, cfg.tiny)
+    unit = reading_unit_of(base)
+    if unit is not None:  # a row reader trains on the rows of the pages, cut as at inference
+        examples, skipped = row_examples(samples, cfg.prompt, cfg.repeat)
+        for line in skipped:
+            print(f"warning: skipped page {line}")
+        if not examples:
+            raise InvoiceVLMError(f"{cfg.data}: no page could be cut into rows that match its text")
+    else:
+        examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat, cfg.lines_zoom,
+                                  tuple(cfg.glyph_size), cfg.glyph_chars, cfg.glyph_fixed)
     eval_samples = []
     if cfg.eval.steps:
         eval_samples = read_split(cfg.data, cfg.eval.split)
@@ -318,7 +329,6 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     # Model and method
     set_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = resolve_model(cfg.model, run_dir, cfg.tiny)
     quant = None
     if cfg.method == "qlora":
         if not torch.cuda.is_available():
@@ -333,7 +343,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     model, processor = load(base, trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
     model, params = methods.apply(cfg, model)
     model.train()
-    checks = preflight.check(cfg, model, processor, examples)
+    checks = preflight.check(cfg, model, processor, examples, unit)
 
     # Record what the run is before it starts
     tasks_used: dict[str, int] = {}
@@ -362,7 +372,8 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
         cbs.append(TimeBudget(cfg.time_budget, run_dir))
     cbs += callbacks or []
     train_ds = to_dataset(examples)
-    collator = Collator(processor, raw_pixels=cfg.raw_pixels and raw_pixels_supported(processor))
+    collator = Collator(processor, raw_pixels=cfg.raw_pixels and raw_pixels_supported(processor) and unit is None,
+                        unit=unit, image_token_id=getattr(model.config, "image_token_index", None))
     trainer = InvoiceTrainer(model=model, args=_sft_args(cfg, run_dir), train_dataset=train_ds,
                              eval_dataset=train_ds.select(range(1)) if cfg.eval.steps else None,
                              processing_class=processor, data_collator=collator, callbacks=cbs,

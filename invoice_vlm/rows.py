@@ -1,0 +1,244 @@
+"""The reading unit: a page image cut into text rows, and rows made into a row model's input images.
+
+A model that reads rows (invoice-vlm-tiny) says so in its ``config.json`` (``reading: {"unit": "row", ...}``);
+every entry point then goes page -> rows -> batched generation -> page text (``invoice_vlm.infer``), and rows
+joined by a newline are the transcription convention (rows top to bottom, each row left to right).
+
+The segmenter works on pixels only (a PDF's text layer is never read): a horizontal projection profile of the ink,
+after removing what is not text — table rules and box borders (long straight runs of ink), and components far
+taller than the text (QR codes, barcodes, logos, signatures). What is left separates into bands of rows where the
+profile is empty; a band's left and right ink edges give the row's box. Training crops rows the same way (the
+synthetic records' row extents only say which band is which row), so the model sees at training what the
+segmenter gives it at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
+
+
+@dataclass(frozen=True)
+class ReadingUnit:
+    """How a model reads, recorded in its config.json under ``reading``."""
+
+    unit: str = "row"  # "row": one text row an input; "page": the whole page (PaliGemma hub checkpoints)
+    height: int = 32  # a row is scaled to this height, its width following the aspect ratio
+    max_width: int = 1536  # wider rows are squeezed to this
+    multiple: int = 16  # widths are padded to a multiple of the vision tower's stride (white on the right)
+    grayscale: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config) -> "ReadingUnit | None":
+        """The unit recorded in a model's config (or config dict); None for a page model."""
+        data = config.get("reading") if isinstance(config, dict) else getattr(config, "reading", None)
+        if not data or data.get("unit", "page") == "page":
+            return None
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def _otsu(gray: np.ndarray) -> float:
+    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    total = hist.sum()
+    levels = np.arange(256)
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * levels)
+    w1 = total - w0
+    mean_all = m0[-1] / total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean_all * w0 - m0) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = 0
+    return float(np.argmax(between))
+
+
+def _long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """Pixels that belong to a straight run of at least ``length`` ink pixels along ``axis``."""
+    from scipy.ndimage import maximum_filter1d, uniform_filter1d
+
+    if mask.shape[axis] < length:
+        return np.zeros_like(mask)
+    full = uniform_filter1d(mask.astype(np.float32), length, axis=axis, mode="constant") > 1 - 0.5 / length
+    return maximum_filter1d(full, length, axis=axis, mode="constant") & mask
+
+
+def ink_mask(gray: np.ndarray) -> np.ndarray:
+    """Dark pixels: below Otsu's threshold, kept between 90 and 200 so a blank page or a light background band
+    (zebra tables, coloured header bands) is not read as ink."""
+    return gray < min(200.0, max(90.0, _otsu(gray)))
+
+
+def text_mask(gray: np.ndarray) -> np.ndarray:
+    """Ink without rules, borders and components much taller than text."""
+    from scipy.ndimage import find_objects, label
+
+    ink = ink_mask(gray)
+    h, w = ink.shape
+    lines = _long_runs(ink, max(24, w // 25), axis=1) | _long_runs(ink, max(20, h // 40), axis=0)
+    text = ink & ~lines
+    # A QR code falls apart into modules the size of letters, some joined, some not. It is found as a square
+    # of page-scale size (1/17 of the width, larger than a heading's letter, smaller than any printed QR code)
+    # that is more than a third ink: text, headings included, is far sparser at that scale.
+    from scipy.ndimage import maximum_filter, uniform_filter
+
+    size = max(30, w // 17)
+    dense = uniform_filter(text.astype(np.float32), size=size, mode="constant") > 0.35
+    if dense.any():
+        text &= ~maximum_filter(dense, size=int(1.6 * size), mode="constant")  # out to the edges
+    labels, n = label(text, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return text
+    slices = find_objects(labels)
+    heights = np.array([s[0].stop - s[0].start for s in slices])
+    widths = np.array([s[1].stop - s[1].start for s in slices])
+    glyphs = heights[(heights >= 3) & (widths <= 4 * heights)]
+    if len(glyphs) == 0:
+        return text
+    typical = float(np.median(glyphs))
+    too_big = np.flatnonzero(heights > 4.5 * max(typical, 4.0)) + 1  # barcodes, logos, stamps' boxes
+    if len(too_big):
+        text &= ~np.isin(labels, too_big)
+    return text
+
+
+def _bands(profile: np.ndarray) -> list[list[int]]:
+    rows = np.flatnonzero(profile > 0)
+    if len(rows) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(rows) > 1)
+    starts = np.concatenate([[rows[0]], rows[cuts + 1]])
+    stops = np.concatenate([rows[cuts], [rows[-1]]]) + 1
+    return [[int(a), int(b)] for a, b in zip(starts, stops)]
+
+
+def segment(image: Image.Image) -> list[Box]:
+    """Text rows of a page, top to bottom, as boxes around their ink with a margin."""
+    gray = np.asarray(image.convert("L"))
+    text = text_mask(gray)
+    bands = _bands(text.sum(axis=1))
+    if not bands:
+        return []
+    typical = float(np.median([b - a for a, b in bands]))
+    # Fragments of a row (an i's dot, an accent, a comma's tail) sit within half a row of a taller band: join them.
+    merged: list[list[int]] = []
+    for band in bands:
+        small = band[1] - band[0] < 0.4 * typical
+        if merged and (small or merged[-1][1] - merged[-1][0] < 0.4 * typical) and band[0] - merged[-1][1] <= 0.35 * typical:
+            merged[-1][1] = band[1]
+        else:
+            merged.append(band)
+    boxes = []
+    for top, bottom in merged:
+        height = bottom - top
+        cols = np.flatnonzero(text[top:bottom].any(axis=0))
+        ink = int(text[top:bottom].sum())
+        if height < 0.3 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
+            continue
+        boxes.append(_padded(int(cols[0]), top, int(cols[-1]) + 1, bottom, gray.shape))
+    return boxes
+
+
+def _padded(left: int, top: int, right: int, bottom: int, shape: tuple[int, ...]) -> Box:
+    """A row's ink box with the margin every crop gets (training and inference alike)."""
+    height = bottom - top
+    pad_v, pad_h = max(1, round(0.15 * height)), max(2, round(0.5 * height))
+    return (max(0, left - pad_h), max(0, top - pad_v), min(shape[1], right + pad_h), min(shape[0], bottom + pad_v))
+
+
+def ink_box(image: Image.Image) -> Box | None:
+    """The padded box around all the ink of an image that shows one row (drawn training strings)."""
+    ink = ink_mask(np.asarray(image.convert("L")))
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return _padded(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1, ink.shape)
+
+
+def skew_angle(image: Image.Image, most: float = 3.0, step: float = 0.25) -> float:
+    """The rotation (degrees, counter-clockwise) that makes the text rows horizontal: the angle whose horizontal
+    projection of the ink is sharpest (largest change between neighbouring pixel rows), on a 600 px wide copy;
+    every 0.25 degrees, then every 0.05 around the best."""
+    gray = image.convert("L")
+    scale = min(1.0, 600 / max(1, gray.width))
+    small = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),
+                        Image.Resampling.BOX)
+    ink = Image.fromarray((ink_mask(np.asarray(small)) * 255).astype(np.uint8))
+
+    def sharpness(angle: float) -> float:
+        profile = np.asarray(ink.rotate(angle, resample=Image.Resampling.BILINEAR), dtype=np.float32).sum(1)
+        return float(np.square(np.diff(profile)).sum())
+
+    coarse = max(np.arange(-most, most + 1e-9, step), key=lambda a: sharpness(float(a)))
+    fine = max(np.arange(coarse - step, coarse + step + 1e-9, step / 5), key=lambda a: sharpness(float(a)))
+    return round(float(fine), 3)
+
+
+def deskew(image: Image.Image, angle: float | None = None, most: float = 3.0) -> Image.Image:
+    """The page turned by ``angle`` (default: skew_angle's) so its rows are horizontal (scans lie up to a few
+    degrees off); unchanged when straight."""
+    angle = skew_angle(image, most) if angle is None else angle
+    if abs(angle) < 0.1:
+        return image
+    return image.convert("RGB").rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor="white")
+
+
+def row_image(image: Image.Image, box: Box, unit: ReadingUnit) -> Image.Image:
+    """The crop scaled to the unit's height (greyscale kept as RGB, which image processors expect)."""
+    crop = image.crop(box).convert("L")
+    w, h = crop.size
+    width = max(unit.multiple, min(unit.max_width, round(w * unit.height / max(1, h))))
+    return crop.resize((width, unit.height), Image.Resampling.BILINEAR).convert("RGB")
+
+
+def pad_batch(rows: Sequence[Image.Image], unit: ReadingUnit) -> list[Image.Image]:
+    """Rows padded with white on the right to one width (the widest, rounded up to the tower's stride)."""
+    width = max(r.width for r in rows)
+    width = -(-width // unit.multiple) * unit.multiple
+    out = []
+    for r in rows:
+        if r.width == width:
+            out.append(r)
+            continue
+        canvas = Image.new("RGB", (width, unit.height), "white")
+        canvas.paste(r, (0, 0))
+        out.append(canvas)
+    return out
+
+
+def page_rows(image: Image.Image, unit: ReadingUnit) -> list[Image.Image]:
+    """Row images of a page, top to bottom: deskewed, segmented, each row scaled to the unit's height."""
+    image = deskew(image)
+    return [row_image(image, box, unit) for box in segment(image)]
+
+
+# --------------------------------------------------------------------------------------- training rows
+
+def match_rows(boxes: list[Box], extents: list[Sequence[float]], page_height: int) -> list[Box | None]:
+    """For each target row (extents: top, bottom as fractions of the page height, from synthetic records), the
+    segmenter's box if exactly one box overlaps it and that box overlaps no other row; else None."""
+    spans = [(t * page_height, b * page_height) for t, b in extents]
+
+    def overlaps(box: Box, span) -> bool:
+        return min(box[3], span[1]) - max(box[1], span[0]) > 0.3 * (span[1] - span[0])
+
+    hits = [[j for j, span in enumerate(spans) if overlaps(box, span)] for box in boxes]
+    out: list[Box | None] = []
+    for j, span in enumerate(spans):
+        mine = [i for i, h in enumerate(hits) if j in h]
+        out.append(boxes[mine[0]] if len(mine) == 1 and hits[mine[0]] == [j] else None)
+    return out
+
+
+def training_rows(image: Image.Image, extents: list[Sequence[float]], texts: list[str]) -> list[tuple[Box, str]]:
+    """(box, text) for every row the segmenter finds as the record says: the crops a row model trains on."""
+    if len(extents) != len(texts):
+        return []
+    boxes = match_rows(segment(image), extents, image.height)
+    return [(box, text) for box, text in zip(boxes, texts) if box is not None and text.strip()]

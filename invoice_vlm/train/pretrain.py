@@ -1,0 +1,389 @@
+"""Pretraining the row reader (invoice-vlm-tiny) from scratch: one command, its config in ``configs/``.
+
+    invoice-vlm pretrain --config configs/tiny/pretrain.yaml            # --resume continues after a stop
+
+A plain PyTorch loop, because what it needs is not what SFTTrainer does: batches of rows cut from synthetic pages
+(invoice_vlm.train.rowdata) mixed with random strings by a curriculum, and an auxiliary CTC loss on the image
+tokens (a linear head over each feature column, training-only: the saved model is the plain FastVLM). Every batch
+is a pure function of (seed, step), and a checkpoint holds the weights, the CTC head and AdamW's moments (all
+safetensors) and the step, so ``--resume`` continues exactly where an uninterrupted run would be (tested).
+``time_budget`` ends an invocation with a checkpoint after that many seconds; the schedule is planned over
+``max_steps`` whatever the budget, so a run spread over several sessions is one run.
+
+The run folder: ``run.json`` (config, versions, seed), ``log.jsonl`` (loss, CTC loss, learning rate, seconds per
+step; held-out CER of the decoder and of the CTC read-out at every evaluation), ``checkpoint-<step>/``, and
+``model/`` (the plain model, processor and ``pretrain.json``) when ``max_steps`` is reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..common import InvoiceVLMError, build_config, environment_info, staged_dir, write_json
+from ..models import RowModelConfig
+
+CKPT = "checkpoint-"
+
+
+@dataclass
+class PretrainConfig:
+    name: str = "invoice-vlm-tiny"
+    output_dir: str = "runs"
+    data: list[str] = field(default_factory=lambda: ["data/pretrain"],
+                            metadata={"help": "synthetic dataset folders (clean renders: their records hold row extents)"})
+    split: str = "train"
+    eval_split: str = "validation"
+    model: RowModelConfig = field(default_factory=RowModelConfig)
+    seed: int = 0
+    batch_size: int = 32
+    max_steps: int = 20000
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.05  # cosine decay to this share of the peak
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    ctc_weight: float = 1.0
+    ctc_frames: int = 4  # CTC frames per feature column: a 16 px column holds one or two characters
+    degrade: float = 0.5  # share of rows blurred, noised, JPEG-compressed (rowdata.degrade)
+    # curriculum: each stage runs to its `until` step (0: the end) with this share of random strings per batch
+    stages: list[dict] = field(default_factory=lambda: [{"until": 1000, "strings": 1.0}, {"until": 0, "strings": 0.3}])
+    blank_rows: int = 2  # per page: rows the segmenter finds where the record has no text (target "")
+    save_steps: int = 250
+    save_total_limit: int = 2
+    eval_steps: int = 500
+    eval_rows: int = 128
+    log_steps: int = 25
+    time_budget: float = 0.0  # seconds for this invocation (0: none); it ends with a checkpoint
+    threads: int = 0  # torch threads (0: all cores)
+    workers: int = 2  # processes that cut the pages into rows (once per dataset, cached in the run folder)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data: give at least one dataset folder")
+        last = 0
+        for i, st in enumerate(self.stages):
+            if set(st) - {"until", "strings"} or "strings" not in st:
+                raise ValueError(f"stages[{i}]: expected {{until, strings}}, got {st}")
+            if not 0.0 <= float(st["strings"]) <= 1.0:
+                raise ValueError(f"stages[{i}].strings must be in [0, 1]")
+            until = int(st.get("until", 0))
+            if until and until <= last:
+                raise ValueError("stages: `until` must grow from stage to stage (0 = to the end, last only)")
+            last = until or last
+        if self.ctc_weight < 0 or self.batch_size < 1 or self.max_steps < 1:
+            raise ValueError("ctc_weight >= 0, batch_size >= 1 and max_steps >= 1 are required")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def strings_at(self, step: int) -> float:
+        for st in self.stages:
+            if not st.get("until") or step < int(st["until"]):
+                return float(st["strings"])
+        return float(self.stages[-1]["strings"])
+
+
+def load_config(path: str | None, sets: list[str] | None = None, overrides: dict | None = None) -> PretrainConfig:
+    return build_config(PretrainConfig, path, overrides=overrides, sets=sets)
+
+
+def lr_at(cfg: PretrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    found = [p for p in run_dir.glob(f"{CKPT}*") if p.is_dir() and p.name[len(CKPT):].isdigit()
+             and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CKPT):]))
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, processor, head, opt, history: list[dict], limit: int) -> Path:
+    from safetensors.torch import save_file
+
+    final = run_dir / f"{CKPT}{step}"
+    with staged_dir(final) as stage:  # a stop in the middle leaves the previous checkpoint as the newest
+        model.save_pretrained(stage, safe_serialization=True)
+        processor.save_pretrained(stage)
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(stage / "ctc_head.safetensors"))
+        save_file({k: v.contiguous() for k, v in _optimizer_tensors(opt).items()}, str(stage / "optimizer.safetensors"))
+        write_json(stage / "trainer_state.json", {"step": step, "history": history})
+    for old in checkpoints(run_dir)[:-limit] if limit > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ------------------------------------------------------------------------------------------- data
+
+def _bank_path(run_dir: Path, data: str, split: str, unit) -> Path:
+    key = hashlib.sha1(f"{Path(data).resolve()}|{split}|{json.dumps(unit.to_dict(), sort_keys=True)}".encode())
+    return run_dir / "banks" / f"{Path(data).name}-{split}-{key.hexdigest()[:8]}.npz"
+
+
+def load_banks(cfg: PretrainConfig, split: str, unit, progress: bool = True):
+    """The rows of ``split`` of every dataset, cut once and cached in the run folder."""
+    from ..data import read_split
+    from .rowdata import RowBank
+
+    banks = []
+    for data in cfg.data:
+        path = _bank_path(cfg.run_dir, data, split, unit)
+        if path.is_file():
+            banks.append(RowBank.load(path))
+            continue
+        samples = read_split(data, split)
+        bank = RowBank.build(samples, unit, workers=cfg.workers, blanks=cfg.blank_rows, progress=progress)
+        bank.save(path)
+        banks.append(bank)
+    if len(banks) == 1:
+        return banks[0]
+    return RowBank(np.concatenate([b.strip for b in banks], axis=1),
+                   np.concatenate([[0], *[b.starts[1:] + off for b, off in
+                                          zip(banks, np.cumsum([0] + [b.strip.shape[1] for b in banks[:-1]]))]]),
+                   [t for b in banks for t in b.texts])
+
+
+def eval_set(cfg: PretrainConfig, bank, unit, chars: str) -> dict[str, tuple[list, list[str]]]:
+    """Held-out rows from the evaluation split's pages, and random strings from a seed no batch uses."""
+    from .rowdata import draw_string, random_string
+
+    rng = random.Random(1234)
+    idx = [i for i in range(len(bank)) if bank.texts[i]]
+    pick = sorted(rng.sample(idx, min(cfg.eval_rows, len(idx))))
+    strings_rng = random.Random("held-out strings")
+    texts = [random_string(strings_rng, chars, strings_rng.randint(3, 60)) for _ in range(cfg.eval_rows // 2)]
+    return {"rows": ([bank.row(i) for i in pick], [bank.texts[i] for i in pick]),
+            "strings": ([draw_string(strings_rng, t, unit) for t in texts], texts)}
+
+
+# ------------------------------------------------------------------------------------------- model parts
+
+class ImageTokens:
+    """Keeps the projector's output (the image tokens the decoder sees) from the forward pass, for the CTC head."""
+
+    def __init__(self, model):
+        self.value = None
+        model.model.multi_modal_projector.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output):
+        self.value = output
+
+
+def ctc_logits(head, tokens: torch.Tensor, rows: int, frames: int) -> torch.Tensor:
+    """(B, rows * cols, D) image tokens -> (B, cols * frames, V + 1): each column's cells side by side, then one
+    linear map to ``frames`` frames of CTC logits."""
+    b, n, d = tokens.shape
+    cols = n // rows
+    grid = tokens.view(b, rows, cols, d).permute(0, 2, 1, 3).reshape(b, cols, rows * d)
+    return head(grid).view(b, cols * frames, -1)
+
+
+@torch.no_grad()
+def generate_rows(model, tokenizer, unit, rows: list, max_new_tokens: int | None = None,
+                  batch_size: int = 64) -> list[str]:
+    """Greedy transcriptions of row images (uint8 arrays), widest first in batches."""
+    from .rowdata import row_batch
+
+    image_id = model.config.image_token_index
+    order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])
+    out: dict[int, str] = {}
+    was = model.training
+    model.eval()
+    for k in range(0, len(order), batch_size):
+        chunk = order[k:k + batch_size]
+        inputs = row_batch([rows[i] for i in chunk], None, tokenizer, unit, image_id)
+        inputs.pop("image_columns")
+        budget = max_new_tokens or (max(rows[i].shape[1] for i in chunk) // 6 + 8)
+        gen = model.generate(**inputs, max_new_tokens=budget, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        out.update(zip(chunk, (t.strip() for t in texts)))
+    model.train(was)
+    return [out[i] for i in range(len(rows))]
+
+
+def _cer(refs: list[str], hyps: list[str]) -> float:
+    from ..evaluate import cer
+
+    return cer(hyps, refs)
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor, FastVlmForConditionalGeneration
+
+    from ..models import build_char_tokenizer, build_row_model, build_row_processor
+    from ..rows import ReadingUnit
+    from .rowdata import RowSampler, chars_of, greedy_ctc, row_batch
+
+    run_dir = cfg.run_dir
+    if run_dir.exists() and checkpoints(run_dir) and not resume:
+        raise InvoiceVLMError(f"{run_dir}: holds checkpoints of an earlier run; add --resume to continue it, or "
+                              "choose another --name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.manual_seed(cfg.seed)
+    write_json(run_dir / "run.json", {"config": asdict(cfg), "versions": environment_info(), "seed": cfg.seed,
+                                      "resume": resume})
+    found = checkpoints(run_dir) if resume else []
+    if found:
+        last = found[-1]
+        model = FastVlmForConditionalGeneration.from_pretrained(last, dtype=torch.float32, use_safetensors=True)
+        processor = AutoProcessor.from_pretrained(last)
+        state = json.loads((last / "trainer_state.json").read_text())
+        step, history = int(state["step"]), list(state["history"])
+    else:
+        tokenizer = build_char_tokenizer()
+        processor = build_row_processor(tokenizer, cfg.model)
+        model = build_row_model(cfg.model, tokenizer)
+        step, history = 0, []
+    tokenizer = processor.tokenizer
+    unit = ReadingUnit.from_config(model.config)
+    vocab = len(tokenizer)
+    rows_per_column = unit.height // unit.multiple
+    head = torch.nn.Linear(rows_per_column * model.config.text_config.hidden_size, cfg.ctc_frames * (vocab + 1))
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name or "embed" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.ctc_weight:
+        groups.append({"params": list(head.parameters()), "weight_decay": cfg.weight_decay})
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98))
+    if found:
+        head.load_state_dict(load_file(str(found[-1] / "ctc_head.safetensors")))
+        _load_optimizer(opt, load_file(str(found[-1] / "optimizer.safetensors")))
+    chars = chars_of(tokenizer)
+    bank = load_banks(cfg, cfg.split, unit, progress)
+    evals = eval_set(cfg, load_banks(cfg, cfg.eval_split, unit, progress), unit, chars)
+    sampler = RowSampler(bank, unit, chars, cfg.seed)
+    tokens = ImageTokens(model)
+    blank = vocab
+    model.train()
+    log = open(run_dir / "log.jsonl", "a", encoding="utf-8")
+    t_start = time.monotonic()
+    recent: list[dict[str, float]] = []
+    step_times: list[float] = []
+
+    def evaluate() -> dict[str, Any]:
+        point: dict[str, Any] = {"step": step, "eval": True}
+        for key, (rows, texts) in evals.items():
+            hyp = generate_rows(model, tokenizer, unit, rows)
+            point[f"{key}_cer"] = round(_cer(texts, hyp), 4)
+            point[f"{key}_exact"] = round(sum(a == b for a, b in zip(texts, hyp)) / len(texts), 4)
+            if cfg.ctc_weight:
+                with torch.no_grad():
+                    model.eval()
+                    inputs = row_batch(rows, None, tokenizer, unit, model.config.image_token_index)
+                    model.model.get_image_features(pixel_values=inputs["pixel_values"])
+                    lp = ctc_logits(head, tokens.value, rows_per_column, cfg.ctc_frames)
+                    model.train()
+                ids = greedy_ctc(lp, inputs["image_columns"] * cfg.ctc_frames, blank)
+                point[f"{key}_ctc_cer"] = round(_cer(texts, tokenizer.batch_decode(ids)), 4)
+        point["example"] = [evals["rows"][1][0], hyp[0] if key == "rows" else None]
+        return point
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not progress)
+    stopped = "max_steps"
+    with bar:
+        task = bar.add_task("steps", total=cfg.max_steps, completed=step, info="")
+        while step < cfg.max_steps:
+            if cfg.time_budget and step_times:
+                per_step = float(np.median(step_times[-50:]))
+                if time.monotonic() - t_start + per_step > cfg.time_budget:
+                    stopped = "time_budget"
+                    break
+            t0 = time.monotonic()
+            rows, texts = sampler.batch(step, cfg.batch_size, cfg.strings_at(step), cfg.degrade)
+            inputs = row_batch(rows, texts, tokenizer, unit, model.config.image_token_index)
+            columns, ctc_targets, ctc_lengths = (inputs.pop(k) for k in ("image_columns", "ctc_targets",
+                                                                        "ctc_lengths"))
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            out = model(**inputs)
+            loss = out.loss
+            entry = {"loss": float(out.loss.detach())}
+            if cfg.ctc_weight:
+                lp = ctc_logits(head, tokens.value, rows_per_column, cfg.ctc_frames).log_softmax(-1)
+                ctc = torch.nn.functional.ctc_loss(lp.transpose(0, 1), ctc_targets, columns * cfg.ctc_frames,
+                                                   ctc_lengths, blank=blank, zero_infinity=True)
+                loss = loss + cfg.ctc_weight * ctc
+                entry["ctc"] = float(ctc.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
+            opt.step()
+            step += 1
+            step_times.append(time.monotonic() - t0)
+            recent.append(entry)
+            if step % cfg.log_steps == 0 or step == cfg.max_steps:
+                point = {"step": step, "lr": lr_at(cfg, step - 1),
+                         "s_per_step": round(float(np.median(step_times[-cfg.log_steps:])), 3),
+                         **{k: round(float(np.mean([r[k] for r in recent])), 4) for k in recent[-1]}}
+                recent = []
+                history.append(point)
+                log.write(json.dumps(point) + "\n")
+                log.flush()
+                bar.update(task, info=f"loss {point['loss']:.3f}" + (f" ctc {point['ctc']:.3f}" if "ctc" in point else ""))
+            if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+                point = evaluate()
+                history.append(point)
+                log.write(json.dumps(point, ensure_ascii=False) + "\n")
+                log.flush()
+                bar.console.print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in point.items()
+                                                               if k.endswith(("cer", "exact"))))
+            if step % cfg.save_steps == 0 or step == cfg.max_steps:
+                save_checkpoint(run_dir, step, model, processor, head, opt, history, cfg.save_total_limit)
+            bar.update(task, completed=step)
+    log.close()
+    if stopped == "time_budget":
+        if not checkpoints(run_dir) or checkpoints(run_dir)[-1].name != f"{CKPT}{step}":
+            save_checkpoint(run_dir, step, model, processor, head, opt, history, cfg.save_total_limit)
+        print(f"time budget reached at step {step}/{cfg.max_steps}: checkpoint saved; add --resume to continue")
+        return run_dir
+    with staged_dir(run_dir / "model") as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        processor.save_pretrained(stage)
+        write_json(stage / "pretrain.json", {"config": asdict(cfg), "steps": step, "versions": environment_info(),
+                                             "evaluations": [h for h in history if h.get("eval")]})
+    print(f"pretraining done: {step} steps; model in {run_dir / 'model'}")
+    return run_dir

@@ -1,0 +1,179 @@
+"""The row reader: segmentation of synthetic pages, the row model as plain transformers saves and loads it, the
+project's row batches equal to its processor's, row examples for fine-tuning, the engine's page -> rows -> page
+path, and pretraining's exact resume."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from invoice_vlm.data import read_split
+from invoice_vlm.models import RowModelConfig, build_char_tokenizer, create_row_model, load, reading_unit_of
+from invoice_vlm.rows import ReadingUnit, deskew, match_rows, pad_batch, row_image, segment, skew_angle
+from invoice_vlm.train.rowdata import RowBank, RowSampler, chars_of, draw_string, row_batch
+
+# two ResNet stages (stride 8) and a 2 x 64 decoder: seconds on a CPU
+SMALL = RowModelConfig(height=16, max_width=256, stem=8, widths=[16, 32], depths=[1, 1], text_hidden=64,
+                       text_layers=2, text_heads=2, text_kv_heads=1, text_intermediate=128, max_position_embeddings=512)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    from invoice_vlm import synth
+
+    out = tmp_path_factory.mktemp("rowpages") / "ds"
+    synth.main(synth.SynthConfig(out=str(out), n=12, seed=3, dpi=100, workers=1, split="train=8,test=4"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def row_model(tmp_path_factory):
+    return create_row_model(tmp_path_factory.mktemp("rowmodel") / "model", SMALL)
+
+
+def test_segmenter_finds_the_records_rows_on_synthetic_pages(pages):
+    samples = read_split(pages, "train") + read_split(pages, "test")
+    found = total = 0
+    for s in samples:
+        im = Image.open(s.image)
+        boxes = segment(im)
+        assert boxes == sorted(boxes, key=lambda b: b[1]), "rows come top to bottom"
+        matched = match_rows(boxes, s.meta["rows"], im.height)
+        found += sum(b is not None for b in matched)
+        total += len(matched)
+    assert found / total >= 0.98, f"{found}/{total} rows found"
+
+
+def test_segmenter_on_a_blank_page_finds_nothing():
+    assert segment(Image.new("RGB", (400, 500), "white")) == []
+
+
+def test_deskew_finds_the_angle_a_page_was_turned(pages):
+    s = read_split(pages, "test")[0]
+    page = Image.open(s.image).convert("RGB")
+    for angle in (-1.5, 0.8):
+        turned = page.rotate(angle, expand=True, fillcolor="white", resample=Image.Resampling.BICUBIC)
+        assert abs(skew_angle(turned) + angle) <= 0.11
+    assert deskew(page) is page  # a straight page is left as it is
+
+
+def test_row_model_saves_and_loads_with_plain_transformers_and_records_its_reading_unit(row_model):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg = json.loads((row_model / "config.json").read_text())
+    assert cfg["model_type"] == "fast_vlm" and cfg["vision_config"]["model_type"] == "resnet"
+    assert cfg["reading"] == {"unit": "row", "height": 16, "max_width": 256, "multiple": 8, "grayscale": True}
+    assert reading_unit_of(row_model) == ReadingUnit(height=16, max_width=256, multiple=8)
+    assert not list(row_model.glob("*.bin")) and (row_model / "model.safetensors").is_file()
+    model = AutoModelForImageTextToText.from_pretrained(row_model, use_safetensors=True)
+    processor = AutoProcessor.from_pretrained(row_model)
+    assert type(model).__name__ == "FastVlmForConditionalGeneration"
+    assert type(processor).__name__ == "LlavaProcessor"
+
+
+def test_row_batch_equals_what_the_processor_gives_and_logits_survive_a_reload(row_model, tmp_path):
+    model, processor = load(row_model)
+    unit = reading_unit_of(row_model)
+    rng = random.Random(0)
+    rows = [draw_string(rng, t, unit) for t in ("Total 12,50 €", "INV-0042")]
+    ours = row_batch(rows, None, processor.tokenizer, unit, model.config.image_token_index)
+    images = pad_batch([Image.fromarray(r).convert("RGB") for r in rows], unit)
+    theirs = processor(images=images, text=["<image><bos>"] * 2, return_tensors="pt")
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.allclose(ours["pixel_values"], theirs["pixel_values"], atol=1e-6)
+    model.save_pretrained(tmp_path / "again")
+    processor.save_pretrained(tmp_path / "again")
+    again, _ = load(tmp_path / "again")
+    inputs = {k: ours[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+
+
+def test_character_tokenizer_round_trips_every_character_the_invoices_print():
+    tok = build_char_tokenizer()
+    text = "Rechnungsbetrag: 1.234,56 € — Müller & Söhne, Façade n° 7"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and tok.decode(ids) == text
+    assert tok.unk_token_id not in ids
+
+
+def test_row_bank_holds_matched_rows_and_survives_a_save_without_pickle(pages, tmp_path):
+    unit = ReadingUnit(height=16, max_width=256, multiple=8)
+    samples = read_split(pages, "train")[:3]
+    bank = RowBank.build(samples, unit, progress=False)
+    texts = {t for s in samples for t in s.text.split("\n")}
+    assert len(bank) > 20 and all(t == "" or t in texts for t in bank.texts)
+    assert all(bank.row(i).shape[0] == 16 for i in range(len(bank)))
+    bank.save(tmp_path / "bank.npz")
+    again = RowBank.load(tmp_path / "bank.npz")
+    assert again.texts == bank.texts and np.array_equal(again.strip, bank.strip)
+
+
+def test_a_step_s_batch_is_a_pure_function_of_seed_and_step(pages):
+    unit = ReadingUnit(height=16, max_width=256, multiple=8)
+    bank = RowBank.build(read_split(pages, "train")[:2], unit, progress=False)
+    chars = chars_of(build_char_tokenizer())
+    a, b = RowSampler(bank, unit, chars, seed=1), RowSampler(bank, unit, chars, seed=1)
+    rows_a, texts_a = a.batch(7, 8, 0.5)
+    rows_b, texts_b = b.batch(7, 8, 0.5)
+    assert texts_a == texts_b and all(np.array_equal(x, y) for x, y in zip(rows_a, rows_b))
+    assert a.batch(8, 8, 0.5)[1] != texts_a
+
+
+def test_predictor_reads_a_page_row_by_row(row_model, pages):
+    from invoice_vlm.infer import Predictor
+
+    model, processor = load(row_model)
+    pred = Predictor(model, processor, max_new_tokens=4, row_batch_size=16)
+    page = Image.open(read_split(pages, "test")[0].image)
+    rows = len(segment(page))
+    calls = []
+    original = pred.read_rows
+    pred.read_rows = lambda r: calls.append(len(r)) or original(r)
+    texts = pred.predict([page, Image.new("RGB", (300, 300), "white")])
+    assert calls == [rows] and len(texts) == 2 and texts[1] == ""
+    assert len(texts[0].split("\n")) <= rows
+    assert json.loads(pred.predict([page], "extract")[0]) is not None
+    with pytest.raises(Exception, match="reads text rows"):
+        pred.predict([page], "answer en What is the total?")
+
+
+def test_row_examples_pair_each_box_with_its_line(pages):
+    from invoice_vlm.train.tasks import row_examples
+
+    samples = read_split(pages, "train")[:2]
+    examples, skipped = row_examples(samples)
+    assert not skipped
+    lines = {t for s in samples for t in s.text.split("\n") if t.strip()}
+    assert {e.target for e in examples} <= lines and len(examples) >= 0.95 * len(lines)
+    assert all(e.box and e.task == "row" for e in examples)
+
+
+def test_pretraining_resumes_exactly(pages, tmp_path):
+    from safetensors.torch import load_file
+
+    from invoice_vlm.train import pretrain
+
+    sets = [f"data=[{pages}]", "split=train", "eval_split=test", f"output_dir={tmp_path}", "batch_size=4",
+            "save_steps=2", "log_steps=2", "eval_steps=0", "threads=1", "workers=1", "max_steps=4",
+            "stages=[{until: 2, strings: 1.0}, {until: 0, strings: 0.5}]", "model.height=16", "model.max_width=256",
+            "model.stem=8", "model.widths=[16, 32]", "model.depths=[1, 1]", "model.text_hidden=64",
+            "model.text_layers=2", "model.text_heads=2", "model.text_intermediate=128"]
+    whole = pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["name=whole"]), progress=False)
+    half = pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["name=half", "max_steps=4",
+                                                                                  "time_budget=1e-9"]),
+                         progress=False)
+    assert [p.name for p in pretrain.checkpoints(half)] == ["checkpoint-1"]  # the budget stopped it at once
+    half = pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["name=half"]), resume=True,
+                         progress=False)
+    for name in ("model.safetensors", "optimizer.safetensors", "ctc_head.safetensors"):
+        a, b = load_file(whole / "checkpoint-4" / name), load_file(half / "checkpoint-4" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert (whole / "model" / "config.json").is_file() and not list((whole / "model").glob("ctc_head*"))
+    with pytest.raises(Exception, match="--resume"):
+        pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["name=half"]), progress=False)
