@@ -175,18 +175,19 @@ def bench_predict(
     int8: bool = typer.Option(False, "--int8", help="also measure the engine with dynamic int8 quantisation"),
     min_new_tokens: int = typer.Option(0, help="generate at least this many tokens a page (both ways): the cost "
                                                "of page-length transcriptions whatever the model stops at"),
+    tesseract: bool = typer.Option(False, "--tesseract", help="also Tesseract on the same pages and cores"),
 ) -> None:
-    """Pages/s and latency: one generate() per page (naive) vs the engine, same pages; fails unless the greedy texts
-    are identical."""
+    """Pages/s, latency and CER: one generate() per page (per row for a row reader) vs the engine, and Tesseract,
+    same pages; for a page model fails unless the greedy texts are identical."""
     from .infer.bench import bench
 
     def go():
         rows = bench(model=model, n=n, batch_size=batch_size, max_new_tokens=max_new_tokens, quantize=int8,
-                     min_new_tokens=min_new_tokens)
+                     min_new_tokens=min_new_tokens, tesseract=tesseract)
         least = f"at least {min_new_tokens} new tokens a page, " if min_new_tokens else ""
         _print_bench(f"invoice-vlm bench predict ({model}, {n} pages, {least}{os.cpu_count()} CPUs)", rows, {
             "variant": "variant", "batch": "batch", "pages_per_s": "pages/s", "vs_naive": "vs naive",
-            "p50_s": "p50 s", "p95_s": "p95 s", "seconds": "seconds", "identical": "same text"})
+            "p50_s": "p50 s", "p95_s": "p95 s", "seconds": "seconds", "identical": "same text", "cer": "CER"})
 
     _guard(go)
 
@@ -466,16 +467,19 @@ def push_dataset(
 @app.command("init-model")
 def init_model(
     out_dir: Path = typer.Option(..., "--out", help="output folder"),
-    variant: str = typer.Option("paligemma", help="paligemma, paligemma2 or idefics3"),
+    variant: str = typer.Option("paligemma", help="paligemma, paligemma2, idefics3 or rows (invoice-vlm-tiny's "
+                                                  "architecture: a FastVLM row reader)"),
     seed: int = typer.Option(0, help="random seed for the weights"),
 ) -> None:
-    """Build a random tiny model (PaliGemma, PaliGemma 2 or Idefics3) with the project's tokenizer and processor;
-    save it like a hub checkpoint."""
-    from .models import (TinyIdefics3Config, TinyModelConfig, count_parameters, create_tiny, create_tiny_idefics3,
-                         load)
+    """Build a random tiny model (PaliGemma, PaliGemma 2, Idefics3, or the row reader) with the project's tokenizer
+    and processor; save it like a hub checkpoint."""
+    from .models import (RowModelConfig, TinyIdefics3Config, TinyModelConfig, count_parameters, create_row_model,
+                         create_tiny, create_tiny_idefics3, load)
 
     def go():
-        if variant == "idefics3":
+        if variant == "rows":
+            path = create_row_model(out_dir, RowModelConfig(seed=seed))
+        elif variant == "idefics3":
             path = create_tiny_idefics3(out_dir, TinyIdefics3Config(seed=seed))
         else:
             cfg = build_config(TinyModelConfig, overrides={"variant": variant, "seed": seed})

@@ -190,6 +190,22 @@ out = model.generate(**inputs, max_new_tokens={max_new_tokens}, do_sample=False)
 print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())'''
 
 
+USAGE_ROWS = '''from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model_id = "{name}"
+processor = AutoProcessor.from_pretrained(model_id)
+model = AutoModelForImageTextToText.from_pretrained(model_id)
+row = Image.open("row.png").convert("RGB")  # one text row, cut from a page
+# height {height} px; width a multiple of {multiple} (white on the right)
+width = -(-max(1, round(row.width * {height} / row.height)) // {multiple}) * {multiple}
+canvas = Image.new("RGB", (width, {height}), "white")
+canvas.paste(row.resize((min(width, round(row.width * {height} / row.height)), {height})), (0, 0))
+inputs = processor(images=canvas, text="<image><bos>", return_tensors="pt").to(model.dtype)
+out = model.generate(**inputs, max_new_tokens={max_new_tokens}, do_sample=False)
+print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())'''
+
+
 def card_metadata(name: str, info: dict[str, Any], evals: list[dict[str, Any]], run: dict[str, Any]):
     """YAML front matter through huggingface_hub's ``ModelCardData`` (``model-index`` from the evaluations)."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -208,7 +224,8 @@ def card_metadata(name: str, info: dict[str, Any], evals: list[dict[str, Any]], 
     # only a hub id means something on the Hub: a local folder (runs/x/base, /abs/path) or a fresh tiny-random is left out
     hub_base = base if base.count("/") == 1 and not base.startswith((".", "/", "~", "runs/")) and not Path(base).exists() \
         else None
-    datasets = [Path(run["config"]["data"]).name] if run.get("config", {}).get("data") else None
+    data = run.get("config", {}).get("data")
+    datasets = [Path(d).name for d in (data if isinstance(data, list) else [data])] if data else None
     return ModelCardData(
         library_name="peft" if info.get("kind") == "adapter" else "transformers", pipeline_tag="image-text-to-text",
         license="apache-2.0", base_model=hub_base,
@@ -225,18 +242,39 @@ def model_card(name: str, info: dict[str, Any], evals: list[dict[str, Any]], bod
     lines = ["---", front.rstrip(), "---", "", f"# {name}", ""]
     if body:
         lines += [body.strip(), ""]
-    lines += ["## Intended use", "",
-              "Reading invoices: full-page transcription (prompt `ocr`: text in reading order, rows top to bottom, "
-              "each row left to right) and key-field extraction to JSON (prompt `extract`), one page image at a "
-              "time. Check its numbers below on your own documents before relying on it (`invoice-vlm eval`).", "",
+    reading = info.get("reading")
+    if reading:
+        use = ("Reading invoices one text row at a time: `invoice-vlm predict`, `eval` and `serve` cut each page "
+               "into rows (pixels only: deskew, projection profile, rules and QR codes removed; "
+               "`invoice_vlm.rows`), read the rows in batches and join them top to bottom, one row a line. Key "
+               "fields (`--task extract`) come from that transcription through the rule-based field reader. Check "
+               "its numbers below on your own documents before relying on it (`invoice-vlm eval`).")
+    else:
+        use = ("Reading invoices: full-page transcription (prompt `ocr`: text in reading order, rows top to bottom, "
+               "each row left to right) and key-field extraction to JSON (prompt `extract`), one page image at a "
+               "time. Check its numbers below on your own documents before relying on it (`invoice-vlm eval`).")
+    lines += ["## Intended use", "", use, "",
               "## Model", "",
               f"- architecture: `{info['architecture']}` ({info['parameters'] / 1e6:.1f}M parameters)",
               f"- weights: `{info['weights_file']}`, {info['dtype']}, {info['weights_mb']:.1f} MB",
               f"- exported from: `{info['source']}`" + (" (LoRA merged into its base)" if info.get("merged") else ""),
               ""]
+    if reading:
+        lines[-1:-1] = [f"- reading unit: one text row, scaled to {reading['height']} px high (widths up to "
+                        f"{reading['max_width']} px, padded to a multiple of {reading['multiple']}), recorded in "
+                        "`config.json` under `reading`"]
     if info.get("base_model"):
         lines += [f"- base model: `{info['base_model']}`", ""]
-    if cfg:
+    if cfg and run.get("kind") == "pretrain":
+        stages = ", ".join(f"random strings {st['strings']:.0%} until step {st['until']}" if st.get("until") else
+                           f"then {st['strings']:.0%}" for st in cfg.get("stages", []))
+        lines += ["## Training", "",
+                  f"- from scratch (`invoice-vlm pretrain`) on rows of synthetic invoices: "
+                  f"{', '.join(f'`{d}`' for d in cfg.get('data', []))}, and random strings drawn as rows ({stages})",
+                  f"- {cfg.get('max_steps')} steps of {cfg.get('batch_size')} rows, AdamW, learning rate "
+                  f"{cfg.get('learning_rate')} (cosine), auxiliary CTC loss on the image tokens (weight "
+                  f"{cfg.get('ctc_weight')}; training only, not in these weights), seed {cfg.get('seed')}", ""]
+    elif cfg:
         sft = run.get("sft", {})
         lines += ["## Training", "",
                   f"- data: `{cfg.get('data')}`" + (f" ({run['data_identity']})" if run.get("data_identity") else ""),
@@ -256,10 +294,15 @@ def model_card(name: str, info: dict[str, Any], evals: list[dict[str, Any]], bod
               "the training locales read worse (see the real-invoice row above, where present).",
               "- One page per call; fields are read as printed and normalised by the evaluator, not validated.",
               "- Greedy decoding can repeat a line on pages longer than its training pages.", ""]
-    snippet = (USAGE_ADAPTER if info.get("kind") == "adapter" else USAGE).format(
-        name=name, base=info.get("base_model", ""), prompt=prompt, max_new_tokens=512)
-    lines += ["## Use", "", "```python", snippet, "```", "",
-              "or `invoice-vlm predict --model <this folder> invoice.png`.", ""]
+    if reading:
+        snippet = USAGE_ROWS.format(name=name, height=reading["height"], multiple=reading["multiple"],
+                                    max_new_tokens=256)
+        tail = "Whole pages and PDFs: `invoice-vlm predict --model <this folder> invoice.pdf` (cuts them into rows)."
+    else:
+        snippet = (USAGE_ADAPTER if info.get("kind") == "adapter" else USAGE).format(
+            name=name, base=info.get("base_model", ""), prompt=prompt, max_new_tokens=512)
+        tail = "or `invoice-vlm predict --model <this folder> invoice.png`."
+    lines += ["## Use", "", "```python", snippet, "```", "", tail, ""]
     return "\n".join(lines)
 
 
@@ -321,6 +364,8 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
             info.update(kind="model", merged=merge_lora, architecture=type(m).__name__,
                         model_type=m.config.model_type, parameters=count_parameters(m),
                         weights_file="model.safetensors")
+            if getattr(m.config, "reading", None):
+                info["reading"] = dict(m.config.reading)
             if merge_lora:
                 info["base_model"] = base_name
         info["weights_mb"] = sum(p.stat().st_size for p in stage.glob("*.safetensors")) / 1e6

@@ -1,30 +1,35 @@
 #!/usr/bin/env bash
-# Measure a pretraining checkpoint and ship it as models/invoice-vlm-tiny (bf16, processor, model card with the
-# numbers, training curve in docs/).
-#   bash scripts/ship_tiny.sh [runs/pretrain-tiny/checkpoint-N]      (default: the newest checkpoint)
-# Set LIMIT=N to measure on the first N pages of each set only (quick looks; the card says how many pages).
+# Ship a pretraining checkpoint of the row reader as models/invoice-vlm-tiny: export it (bf16, processor, card),
+# measure the exported weights, and export again with the measurements in the model card.
+#   bash scripts/ship_tiny.sh [runs/invoice-vlm-tiny/checkpoint-N]      (default: the run's model/, else the newest
+#                                                                       checkpoint)
+# LIMIT=N measures on the first N pages of each set only (quick looks; the card says how many pages).
 set -euo pipefail
-RUN=runs/pretrain-tiny
-CKPT=${1:-$(ls -d $RUN/checkpoint-* | sort -t- -k3 -n | tail -1)}
+RUN=${RUN:-runs/invoice-vlm-tiny}
+if [ $# -ge 1 ]; then CKPT=$1
+elif [ -d "$RUN/model" ]; then CKPT=$RUN/model
+else CKPT=$(ls -d $RUN/checkpoint-* | sort -t- -k3 -n | tail -1); fi
 LIMIT=${LIMIT:-0}
 BIN=.venv/bin
+STAGE=$RUN/ship
 EVALS=$RUN/evals/$(basename "$CKPT")
+L=classic,banner,header_band,letter,right_vendor,boxed,minimal,remittance,timesheet,two_party
+LOC=en_US,en_GB,de_DE,fr_FR,es_ES,it_IT
 echo "checkpoint: $CKPT  ->  $EVALS"
-ev() { # name, then eval flags
+rm -rf "$STAGE"
+$BIN/invoice-vlm export --model "$CKPT" --out "$STAGE" --dtype bf16 --name invoice-vlm-tiny \
+    --card configs/tiny/invoice-vlm-tiny.md
+ev() { # name, then eval flags: every figure is of the exported bf16 weights
   local name=$1; shift
-  [ -f "$EVALS/$name/metrics.json" ] || $BIN/invoice-vlm eval --model "$CKPT" --limit "$LIMIT" --batch-size 16 \
-      --out "$EVALS/$name" "$@"
+  [ -f "$EVALS/$name/metrics.json" ] || $BIN/invoice-vlm eval --model "$STAGE" --limit "$LIMIT" --out "$EVALS/$name" "$@"
 }
 ev synth-test-ocr --data data/pretrain --split test
 ev synth-test-extract --data data/pretrain --split test --task extract
 # 300 scanned-looking invoices of the pretraining distribution (another seed: invoices not trained on)
-$BIN/invoice-vlm synth --out data/pretrain-scan --n 300 --seed 2 --split test=1 --workers 2 --dpi 100 --max-items 6 \
-    --augment scan \
-    --layouts classic,banner,header_band,letter,right_vendor,boxed,minimal,remittance,timesheet,two_party \
-    --locales en_US,en_GB,de_DE,fr_FR,es_ES,it_IT
+[ -f data/pretrain-scan/dataset.json ] || $BIN/invoice-vlm synth --out data/pretrain-scan --n 300 --seed 3 \
+    --split test=1 --workers 2 --dpi 100 --augment scan --layouts $L --locales $LOC
 ev synth-test-scan --data data/pretrain-scan --split test
-ev real-invoices --data ../shared/data/real-invoices/manifest.jsonl --max-new-tokens 1024
-$BIN/invoice-vlm export --model "$CKPT" --out models/invoice-vlm-tiny --dtype bf16 --name invoice-vlm-tiny \
+ev real-invoices --data ../shared/data/real-invoices/manifest.jsonl
+$BIN/invoice-vlm export --model "$STAGE" --out models/invoice-vlm-tiny --dtype bf16 --name invoice-vlm-tiny \
     --card configs/tiny/invoice-vlm-tiny.md --eval "$EVALS/synth-test-ocr" --eval "$EVALS/synth-test-extract" \
     --eval "$EVALS/synth-test-scan" --eval "$EVALS/real-invoices"
-$BIN/python scripts/training_curve.py $RUN docs/pretrain-curve.png

@@ -65,6 +65,10 @@ def test_init_model(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["architectures"] == ["PaliGemmaForConditionalGeneration"]
     assert cfg["text_config"]["model_type"] == "gemma2"
+    r = invoke("init-model", "--out", tmp_path / "rows", "--variant", "rows")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "rows" / "config.json").read_text())
+    assert cfg["architectures"] == ["FastVlmForConditionalGeneration"] and cfg["reading"]["unit"] == "row"
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -57,31 +57,6 @@ def test_export_refuses_a_folder_without_metrics(tiny_model, tmp_path):
     assert not (tmp_path / "release").exists()
 
 
-def test_training_curve_plots_cer_against_examples_seen(tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoint-20").mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"sft": {"per_device_train_batch_size": 8}, "num_eval_samples": 16,
-                                              "config": {"tiny": {"image_size": 768}}}))
-    history = [{"step": s, "loss": 5 - s / 10} for s in range(10, 21, 10)]
-    history += [{"step": 10, "eval_cer": 0.9}, {"step": 20, "eval_cer": 0.5}]
-    (run / "checkpoint-20" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
-    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
-    try:
-        import training_curve
-    finally:
-        sys.path.pop(0)
-    points, _ = training_curve.load_points(run)
-    assert points == [(80, 0.9, 4.0), (160, 0.5, 3.0)]
-    out = tmp_path / "curve.png"
-    r = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "scripts" / "training_curve.py"), str(run),
-                        str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    from PIL import Image
-
-    with Image.open(out) as im:
-        assert im.size == (770, 440) and len(set(im.convert("L").getdata())) > 10
-
-
 # --- export of a LoRA run: merged, adapter-only, plain transformers in a fresh process ------------------------------
 
 @pytest.fixture(scope="module")

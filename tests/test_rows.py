@@ -14,7 +14,7 @@ from PIL import Image
 
 from invoice_vlm.data import read_split
 from invoice_vlm.models import RowModelConfig, build_char_tokenizer, create_row_model, load, reading_unit_of
-from invoice_vlm.rows import ReadingUnit, deskew, match_rows, pad_batch, row_image, segment, skew_angle
+from invoice_vlm.rows import ReadingUnit, deskew, match_rows, pad_batch, segment, skew_angle
 from invoice_vlm.train.rowdata import RowBank, RowSampler, chars_of, draw_string, row_batch
 
 # two ResNet stages (stride 8) and a 2 x 64 decoder: seconds on a CPU

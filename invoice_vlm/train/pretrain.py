@@ -260,8 +260,8 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
-    write_json(run_dir / "run.json", {"config": asdict(cfg), "versions": environment_info(), "seed": cfg.seed,
-                                      "resume": resume})
+    write_json(run_dir / "run.json", {"kind": "pretrain", "config": asdict(cfg), "environment": environment_info(),
+                                      "seed": cfg.seed, "resume": resume})
     found = checkpoints(run_dir) if resume else []
     if found:
         last = found[-1]
