@@ -522,9 +522,14 @@ def demo(
                                                    out=str(run_root / "demo" / "eval-before"), report=False))
         _print_scores(before)
         out.rule(f"3/4 fine-tuning {max_steps} steps")
-        cfg = train_stage.load_config(str(_config_path("tiny/full.yaml")), {
-            "model": model, "data": str(data_dir), "name": "demo", "output_root": str(run_root), "seed": seed,
-            "sft.max_steps": max_steps, "sft.learning_rate": learning_rate, "sft.save_strategy": "no"})
+        from .models import reading_unit_of
+
+        overrides = {"model": model, "data": str(data_dir), "name": "demo", "output_root": str(run_root),
+                     "seed": seed, "sft.max_steps": max_steps, "sft.learning_rate": learning_rate,
+                     "sft.save_strategy": "no"}
+        if reading_unit_of(model) is not None:  # a row reader's examples are rows: many to a batch
+            overrides["sft.per_device_train_batch_size"] = 32
+        cfg = train_stage.load_config(str(_config_path("tiny/full.yaml")), overrides)
         run_dir = train_stage.main(cfg)
         out.rule("4/4 after: the fine-tuned model on the same pages")
         after = evaluate.main(evaluate.EvalConfig(model=str(run_dir / "model"), data=str(data_dir), split="test",

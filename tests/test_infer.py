@@ -190,7 +190,10 @@ def test_predict_reads_folders_and_pdfs_streams_jsonl_and_reports_bad_files(tmp_
 def test_bench_predict_compares_with_naive_and_checks_the_text(monkeypatch, tiny_model):
     from invoice_vlm.infer import bench as ib
 
-    monkeypatch.setattr(ib, "bench_pages", lambda n, **kw: [page("AB 12", lines=k % 4 + 1) for k in range(n)])
-    rows = ib.bench(model=str(tiny_model), n=6, batch_size=3, max_new_tokens=6, min_new_tokens=6)
-    assert [r["variant"] for r in rows] == ["naive (generate per page)", "engine"]
+    monkeypatch.setattr(ib, "bench_pages", lambda n, **kw: [(page("AB 12", lines=k % 4 + 1), "AB 12")
+                                                            for k in range(n)])
+    rows = ib.bench(model=str(tiny_model), n=6, batch_size=3, max_new_tokens=6, min_new_tokens=6, tesseract=True)
+    variants = [r["variant"] for r in rows]
+    assert variants[:2] == ["naive (generate per page)", "engine"] and variants[2].startswith("tesseract (")
     assert rows[1]["identical"] == "6/6" and rows[1]["pages_per_s"] > 0 and rows[1]["p95_s"] >= rows[1]["p50_s"]
+    assert all(0 <= r["cer"] for r in rows) and rows[0]["cer"] == rows[1]["cer"]  # the same text, the same CER

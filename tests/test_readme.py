@@ -15,9 +15,9 @@ README = Path(__file__).parent.parent / "README.md"
 def test_readme_loading_snippet_runs_without_invoice_vlm(tiny_model, tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     snippet = next(b for b in blocks if "PaliGemmaForConditionalGeneration" in b)
-    assert 'model_id = "runs/demo/model"' in snippet and 'Image.open("invoice.png")' in snippet
+    assert 'model_id = "runs/pg2-896/model"' in snippet and 'Image.open("invoice.png")' in snippet
     Image.new("RGB", (120, 160), "white").save(tmp_path / "invoice.png")
-    code = snippet.replace('"runs/demo/model"', repr(str(tiny_model))).replace("max_new_tokens=512",
+    code = snippet.replace('"runs/pg2-896/model"', repr(str(tiny_model))).replace("max_new_tokens=512",
                                                                                 "max_new_tokens=5")
     code = "import sys; sys.modules['invoice_vlm'] = None\n" + code  # plain transformers only
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,

@@ -177,3 +177,25 @@ def test_pretraining_resumes_exactly(pages, tmp_path):
     assert (whole / "model" / "config.json").is_file() and not list((whole / "model").glob("ctc_head*"))
     with pytest.raises(Exception, match="--resume"):
         pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["name=half"]), progress=False)
+
+
+def test_row_model_card_snippet_runs_with_plain_transformers(row_model, tmp_path):
+    """The exported card's snippet reads a row image in a fresh process that never imports invoice_vlm."""
+    import subprocess
+    import sys
+
+    from PIL import ImageDraw
+
+    from invoice_vlm import hub
+
+    out = hub.export(str(row_model), tmp_path / "release", "bfloat16", name="acme/rows")
+    card = (out / "README.md").read_text()
+    assert "reading unit: one text row, scaled to 16 px" in card
+    row = Image.new("RGB", (200, 30), "white")
+    ImageDraw.Draw(row).text((4, 8), "Total 12.50", fill="black")
+    row.save(tmp_path / "row.png")
+    code = hub.usage_snippet(card).replace('"acme/rows"', repr(str(out))).replace("max_new_tokens=256",
+                                                                                 "max_new_tokens=4")
+    code = "import sys; sys.modules['invoice_vlm'] = None\n" + code
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -318,6 +318,12 @@ def test_shipped_configs_load(path):
         cfg = yaml.safe_load(path.read_text())
         assert cfg["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED") and cfg["num_processes"] >= 1
         return
+    if path.name == "pretrain.yaml":  # the embedded row reader's pretraining: `invoice-vlm pretrain`
+        from invoice_vlm.train import pretrain
+
+        cfg = pretrain.load_config(str(path))
+        assert cfg.ctc_weight > 0 and cfg.stages[-1]["until"] == 0 and path.read_text().startswith("#")
+        return
     cfg = train.load_config(str(path), sets=["data=x"])
     assert cfg.sft and path.read_text().startswith("#")  # each opens with what it is and how to run it
     if path.parent.name.startswith("paligemma2"):
