@@ -105,6 +105,20 @@ def text_mask(gray: np.ndarray) -> np.ndarray:
     too_big = np.flatnonzero(heights > 4.5 * max(typical, 4.0)) + 1  # barcodes, logos, stamps' boxes
     if len(too_big):
         text &= ~np.isin(labels, too_big)
+    # Dust and noise on scans: specks far from any letter. A mark smaller than half a glyph's height squared is kept
+    # only within a glyph's height of a letter (a full stop, an i's dot, a decimal point always are).
+    from scipy.ndimage import maximum_filter as _max
+
+    areas = np.bincount(labels[text], minlength=n + 1)
+    small = (areas > 0) & (areas < (0.5 * max(typical, 4.0)) ** 2)
+    small[0] = False
+    letters = text & ~small[labels]
+    reach = int(2 * max(typical, 4.0)) + 1
+    near = _max(letters, size=reach, mode="constant")
+    touching = np.bincount(labels[near & text], minlength=n + 1) > 0
+    lone = small & ~touching
+    if lone.any():
+        text &= ~lone[labels]
     return text
 
 
@@ -125,7 +139,10 @@ def segment(image: Image.Image) -> list[Box]:
     bands = _bands(text.sum(axis=1))
     if not bands:
         return []
-    typical = float(np.median([b - a for a, b in bands]))
+    # a row's typical height, from bands that hold at least two glyphs' worth of ink (not dust)
+    inks = [int(text[a:b].sum()) for a, b in bands]
+    solid = [b - a for (a, b), ink in zip(bands, inks) if ink >= 2 * (b - a) ** 2] or [b - a for a, b in bands]
+    typical = float(np.median(solid))
     # Fragments of a row (an i's dot, an accent, a comma's tail) sit within half a row of a taller band: join them.
     merged: list[list[int]] = []
     for band in bands:
@@ -137,12 +154,35 @@ def segment(image: Image.Image) -> list[Box]:
     boxes = []
     for top, bottom in merged:
         height = bottom - top
-        cols = np.flatnonzero(text[top:bottom].any(axis=0))
         ink = int(text[top:bottom].sum())
-        if height < 0.3 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
+        if height < 0.5 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
             continue
-        boxes.append(_padded(int(cols[0]), top, int(cols[-1]) + 1, bottom, gray.shape))
+        left, right = _ink_span(text[top:bottom], height)
+        boxes.append(_padded(left, top, right, bottom, gray.shape))
     return boxes
+
+
+def _ink_span(band: np.ndarray, height: int) -> tuple[int, int]:
+    """Left and right edge of a row's ink, leaving out specks at either end: a cluster of ink (columns closer than
+    two row heights) at an end is dropped if it holds less ink than a fifth of a glyph and stands less than half
+    the row high (a lone "1" or "-" at the end of a row is kept)."""
+    columns = band.sum(axis=0)
+    cols = np.flatnonzero(columns)
+    cuts = np.flatnonzero(np.diff(cols) > 2 * height)
+    starts = np.concatenate([[0], cuts + 1])
+    stops = np.concatenate([cuts + 1, [len(cols)]])
+    clusters = [(int(cols[a]), int(cols[b - 1]) + 1) for a, b in zip(starts, stops)]
+
+    def speck(c: tuple[int, int]) -> bool:
+        part = band[:, c[0]:c[1]]
+        rows = np.flatnonzero(part.any(axis=1))
+        return part.sum() < 0.2 * height * height and rows[-1] - rows[0] + 1 < 0.5 * height
+
+    while len(clusters) > 1 and speck(clusters[0]):
+        clusters.pop(0)
+    while len(clusters) > 1 and speck(clusters[-1]):
+        clusters.pop()
+    return clusters[0][0], clusters[-1][1]
 
 
 def _padded(left: int, top: int, right: int, bottom: int, shape: tuple[int, ...]) -> Box:
