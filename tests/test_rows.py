@@ -177,6 +177,12 @@ def test_pretraining_resumes_exactly(pages, tmp_path):
     assert (whole / "model" / "config.json").is_file() and not list((whole / "model").glob("ctc_head*"))
     with pytest.raises(Exception, match="--resume"):
         pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["name=half"]), progress=False)
+    # a later phase starts from a shipped model's weights with a schedule of its own
+    more = pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + [
+        "name=more", f"init={whole / 'model'}", "max_steps=1", "time_budget=1e-9"]), progress=False)
+    start, ended = load_file(whole / "model" / "model.safetensors"), load_file(more / "checkpoint-1" / "model.safetensors")
+    assert start.keys() == ended.keys() and any(not torch.equal(start[k], ended[k]) for k in start)
+    assert max((start[k].float() - ended[k].float()).abs().max().item() for k in start) < 0.05  # one step from it
 
 
 def test_row_model_card_snippet_runs_with_plain_transformers(row_model, tmp_path):

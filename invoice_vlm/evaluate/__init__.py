@@ -234,8 +234,8 @@ class EvalConfig:
     out: str = field(default="", metadata={"help": "output folder (default: runs/eval/<model>-<split>)"})
     task: str = field(default="ocr", metadata={"help": "ocr (transcription) or extract (key fields as JSON)"})
     engine: str = field(default="model", metadata={"help": "model, tesseract or rapidocr"})
-    predictions: str = field(default="", metadata={"help": "score this predictions .jsonl (id, prediction) "
-                                                            "instead of running an engine"})
+    predictions: str = field(default="", metadata={"help": "score this predictions .jsonl (id, prediction), or "
+                                                            "a predict --out folder, instead of running an engine"})
     prompt: str = field(default="", metadata={"help": "model prompt (default: the task's)"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     max_new_tokens: int = field(default=0, metadata={"help": "0: from the longest reference, plus 10%"})
@@ -244,6 +244,11 @@ class EvalConfig:
     tesseract_lang: str = field(default="", metadata={"help": "Tesseract languages (default: all installed "
                                                                "invoice languages)"})
     report: bool = field(default=True, metadata={"help": "write report.html"})
+    ray: str = field(default="", metadata={"help": "run the model on Ray: 'local' (a Ray started here), 'auto' or "
+                                                   "an address (a running cluster); '' one process"})
+    actors: int = field(default=1, metadata={"help": "Ray: actors, each holding one model"})
+    cpus_per_actor: float = field(default=1.0, metadata={"help": "Ray: CPUs reserved (and torch threads) per "
+                                                                 "actor"})
 
     def __post_init__(self) -> None:
         from .engines import ENGINES
@@ -252,6 +257,8 @@ class EvalConfig:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.ray and (self.engine != "model" or self.predictions):
+            raise ValueError("--ray runs a model: it does not apply to --engine tesseract/rapidocr or --predictions")
 
 
 def reference_for(sample, task: str) -> str:
@@ -279,11 +286,15 @@ def load_samples(cfg: EvalConfig, pages_dir: Path, skipped: list[str]) -> list:
     return samples[: cfg.limit] if cfg.limit else samples
 
 
-def read_predictions(path: Path, samples: list, skipped: list[str]) -> tuple[list, list[str]]:
-    """Predictions from a file (one JSON object a line: id, prediction); samples without one are skipped and
-    named, as are lines that do not parse and ids the data does not have."""
+def read_predictions(path: Path, samples: list, skipped: list[str], task: str | None = None,
+                     root: Path | None = None) -> tuple[list, list[str]]:
+    """Predictions from a file (one JSON object a line: id, prediction), or from a ``predict --out`` folder (see
+    :func:`read_job_predictions`); samples without one are skipped and named, as are lines that do not parse and
+    ids the data does not have."""
     from ..data import json_line
 
+    if path.is_dir():
+        return read_job_predictions(path, samples, skipped, task, root)
     if not path.is_file():
         raise InvoiceVLMError(f"{path}: predictions file not found")
     by_id: dict[str, str] = {}
@@ -304,6 +315,46 @@ def read_predictions(path: Path, samples: list, skipped: list[str]) -> tuple[lis
     kept = [s for s in samples if s.id in by_id]
     skipped += [f"{path}: no prediction for id {s.id!r}; left out" for s in samples if s.id not in by_id]
     return kept, [by_id[s.id] for s in kept]
+
+
+def read_job_predictions(folder: Path, samples: list, skipped: list[str], task: str | None = None,
+                         root: Path | None = None) -> tuple[list, list[str]]:
+    """Predictions from a ``predict --out`` folder, matched to samples by file: a sample's image (resolved) is
+    page 1 of that file; a manifest sample rendered from a PDF (``root``: the manifest's folder) is its page of
+    that PDF. A sample whose file failed is left out with the file's error; ``task`` must be the job's."""
+    from ..jobs import iter_records, read_job
+
+    job = read_job(folder)
+    theirs = (job.get("identity") or {}).get("task")
+    if task and theirs != task:
+        raise InvoiceVLMError(f"{folder}: predictions of a --task {theirs} job; this evaluation is --task {task}")
+    if not job.get("complete"):
+        skipped.append(f"{folder}: the predict job is not complete (run the same predict command again); "
+                       "scoring its finished shards")
+    by_key: dict[tuple[str, int], str] = {}
+    failed: dict[str, str] = {}
+    for r in iter_records(folder):
+        if r.get("error"):
+            failed[str(r["file"])] = str(r["error"])
+        elif isinstance(r.get("text"), str) and isinstance(r.get("page"), int):
+            by_key[(str(r["file"]), r["page"])] = r["text"]
+
+    def key(s) -> tuple[str, int]:
+        if root is not None and s.meta.get("pdf"):
+            return str((root / s.meta["pdf"]).resolve()), int(s.meta.get("pdf_page", 0)) + 1
+        return str(Path(s.image).resolve()), 1
+
+    kept, predictions = [], []
+    for s in samples:
+        k = key(s)
+        if k in by_key:
+            kept.append(s)
+            predictions.append(by_key[k])
+        elif k[0] in failed:
+            skipped.append(f"{s.id}: left out: {failed[k[0]]}")
+        else:
+            skipped.append(f"{folder}: no prediction for {s.id!r} ({k[0]} page {k[1]}); left out")
+    return kept, predictions
 
 
 def score(samples: list, predictions: list[str], task: str, workers: int = 0, library: bool = False):
@@ -348,13 +399,22 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
             info["split"] = cfg.split
         t0 = time.perf_counter()
         if cfg.predictions:
-            samples, predictions = read_predictions(Path(cfg.predictions), samples, skipped)
+            root = Path(cfg.data).parent if Path(cfg.data).is_file() else None
+            samples, predictions = read_predictions(Path(cfg.predictions), samples, skipped, cfg.task, root)
             info.update(engine="file", predictions=cfg.predictions)
             if not samples:
-                raise InvoiceVLMError(f"{cfg.predictions}: no prediction matches the data's ids")
+                raise InvoiceVLMError(f"{cfg.predictions}: no prediction matches the data's samples")
         else:
-            predictor = make_predictor(cfg, samples, info)
-            predictions = generate(predictor, samples, cfg.prompt or cfg.task)
+            if cfg.ray:
+                from ..jobs import eval_on_ray
+
+                samples, predictions = eval_on_ray(cfg, samples, info, Path(tmp), skipped)
+                if not samples:
+                    raise InvoiceVLMError(f"{cfg.data}: no page could be read" + (f" ({skipped[-1]})"
+                                                                                   if skipped else ""))
+            else:
+                predictor = make_predictor(cfg, samples, info)
+                predictions = generate(predictor, samples, cfg.prompt or cfg.task)
             if cfg.engine != "model" and cfg.task == "extract":  # an OCR engine: fields from its text, as JSON
                 from .fields import fields_from_text
 

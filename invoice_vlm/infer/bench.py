@@ -45,10 +45,11 @@ def _pct(values: list[float], q: float) -> float:
 
 def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, max_new_tokens: int = 512,
           quantize: bool = False, min_new_tokens: int = 0, tesseract: bool = False,
-          workers: int | None = None) -> list[dict[str, Any]]:
+          workers: int | None = None, ray: bool = False, actors: int = 2) -> list[dict[str, Any]]:
     """``min_new_tokens``: every page generates at least that many tokens (the end token is held back), in both
     ways: the cost of page-length transcriptions, whatever the model would stop at. ``tesseract``: add Tesseract
-    on the same pages with ``workers`` processes (default: every core)."""
+    on the same pages with ``workers`` processes (default: every core). ``ray``: add ``predict --out`` over the
+    pages as files, one process vs ``--ray`` with ``actors`` actors on the same cores (:func:`bench_ray`)."""
     import os
 
     from ..evaluate import cer
@@ -119,6 +120,50 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
         secs = time.perf_counter() - t0
         rows.append({**_row(f"tesseract ({procs} processes)", procs, n, secs, [secs * procs / n] * n, naive_s),
                      "identical": "-", "cer": round(cer(got, refs), 4)})
+    if ray:
+        rows += bench_ray(model, images, refs, batch_size, max_new_tokens, min_new_tokens, actors, naive_s)
+    return rows
+
+
+def bench_ray(model: str, images: list, refs: list[str], batch_size: int, max_new_tokens: int, min_new_tokens: int,
+              actors: int, naive_s: float) -> list[dict[str, Any]]:
+    """The job runner (``predict --out``) over the pages saved as PNG files: one process, then a local Ray with
+    ``actors`` actors sharing the same cores (each reserves (CPUs - rendering) / actors and runs one torch thread
+    per whole CPU, at least one). Both times include loading the model (in each actor) and reading and writing the
+    files; Ray itself is started before the clock (a cluster is already up). ``vs_single``: the speed ratio."""
+    import os
+
+    from .. import jobs
+    from ..evaluate import cer
+
+    n = len(images)
+    with tempfile.TemporaryDirectory(prefix="invoice-vlm-bench-ray-") as tmp:
+        pages = Path(tmp) / "pages"
+        pages.mkdir()
+        for k, im in enumerate(images):
+            im.save(pages / f"{k:05d}.png")
+        common = dict(inputs=[str(pages)], model=model, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                      batch_size=batch_size, device="cpu", shard_size=max(1, -(-n // (4 * actors))))
+        texts, secs = {}, {}
+        with jobs.ray_session("local") as ray:
+            cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+            cases = [("single", jobs.PredictJobConfig(out=f"{tmp}/single", **common)),
+                     ("ray", jobs.PredictJobConfig(out=f"{tmp}/ray", ray="local", actors=actors,
+                                                   cpus_per_actor=max(0.25, (cpus - jobs.RENDER_CPUS) / actors),
+                                                   **common))]
+            for name, cfg in cases:
+                t0 = time.perf_counter()
+                jobs.run_predict(cfg, progress=False)
+                secs[name] = time.perf_counter() - t0
+                texts[name] = [r["text"] for r in jobs.iter_records(Path(cfg.out))]
+    single, on_ray = texts["single"], texts["ray"]
+    same = sum(a == b for a, b in zip(single, on_ray))
+    rows = []  # a job's pages are out when their shard is: no per-page latency
+    for name, label in (("single", "predict --out (1 process)"), ("ray", f"predict --out --ray ({actors} actors)")):
+        row = _row(label, batch_size, n, secs[name], [0.0], naive_s)
+        row.update(p50_s="-", p95_s="-", identical=f"{same}/{n}" if name == "ray" else "-",
+                   cer=round(cer(texts[name], refs), 4), vs_single=round(secs["single"] / secs[name], 2))
+        rows.append(row)
     return rows
 
 

@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..common import InvoiceVLMError, environment_info, write_json
 from ..data import METADATA, SPLITS, Sample
@@ -294,18 +294,20 @@ def _prepare(cfg: SynthConfig) -> None:
         raise InvoiceVLMError(f"{out}: holds another dataset ({diff}); choose another --out or pass --overwrite")
 
 
-def main(cfg: SynthConfig, progress: bool = True) -> Path:
-    """Generate (or finish) the dataset; returns its folder."""
+def main(cfg: SynthConfig, progress: bool = True, run_shards: Callable | None = None) -> Path:
+    """Generate (or finish) the dataset; returns its folder. ``run_shards(cfg, todo, done)``, if given, writes the
+    unfinished shards instead of the worker processes (``invoice_vlm.jobs`` hands them to Ray) and calls
+    ``done(shard)`` as each is in place."""
     check_fonts(cfg.font_list)
     _prepare(cfg)
     try:
-        return _generate(cfg, progress)
+        return _generate(cfg, progress, run_shards)
     except KeyboardInterrupt:
         raise InvoiceVLMError(f"{cfg.out}: interrupted; finished shards are kept, run the same command again to "
                               "resume") from None
 
 
-def _generate(cfg: SynthConfig, progress: bool) -> Path:
+def _generate(cfg: SynthConfig, progress: bool, run_shards: Callable | None = None) -> Path:
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -323,7 +325,9 @@ def _generate(cfg: SynthConfig, progress: bool) -> Path:
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("invoices"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("synth", total=cfg.n, completed=cfg.n - sum(s.stop - s.start for s in todo))
-        if cfg.workers == 1 or len(todo) <= 1:
+        if run_shards is not None:
+            run_shards(cfg, todo, lambda s: bar.advance(task, s.stop - s.start))
+        elif cfg.workers == 1 or len(todo) <= 1:
             for s in todo:
                 write_shard(cfg, s)
                 bar.advance(task, s.stop - s.start)

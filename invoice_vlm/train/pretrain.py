@@ -46,6 +46,8 @@ class PretrainConfig:
     split: str = "train"
     eval_split: str = "validation"
     model: RowModelConfig = field(default_factory=RowModelConfig)
+    init: str = field(default="", metadata={"help": "start from this row model's weights (a folder) instead of random "
+                                                     "ones; the schedule starts afresh"})
     seed: int = 0
     batch_size: int = 32
     max_steps: int = 20000
@@ -269,6 +271,15 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
         processor = AutoProcessor.from_pretrained(last)
         state = json.loads((last / "trainer_state.json").read_text())
         step, history = int(state["step"]), list(state["history"])
+    elif cfg.init:
+        from ..models import reading_unit_of, resolve_model
+
+        init = resolve_model(cfg.init, run_dir)
+        if reading_unit_of(init) is None:
+            raise InvoiceVLMError(f"{cfg.init}: init must be a row model (its config.json records reading.unit row)")
+        model = FastVlmForConditionalGeneration.from_pretrained(init, dtype=torch.float32, use_safetensors=True)
+        processor = AutoProcessor.from_pretrained(init)
+        step, history = 0, []
     else:
         tokenizer = build_char_tokenizer()
         processor = build_row_processor(tokenizer, cfg.model)
