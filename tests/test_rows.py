@@ -182,7 +182,8 @@ def test_pretraining_resumes_exactly(pages, tmp_path):
         "name=more", f"init={whole / 'model'}", "max_steps=1", "time_budget=1e-9"]), progress=False)
     start, ended = load_file(whole / "model" / "model.safetensors"), load_file(more / "checkpoint-1" / "model.safetensors")
     assert start.keys() == ended.keys() and any(not torch.equal(start[k], ended[k]) for k in start)
-    assert max((start[k].float() - ended[k].float()).abs().max().item() for k in start) < 0.05  # one step from it
+    weights = [k for k in start if start[k].is_floating_point() and "running_" not in k]  # not BatchNorm's stats
+    assert max((start[k] - ended[k]).abs().max().item() for k in weights) < 0.05  # one small step from it
 
 
 def test_row_model_card_snippet_runs_with_plain_transformers(row_model, tmp_path):

@@ -316,6 +316,8 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
         point: dict[str, Any] = {"step": step, "eval": True}
         for key, (rows, texts) in evals.items():
             hyp = generate_rows(model, tokenizer, unit, rows)
+            if key == "rows":
+                point["example"] = [texts[0], hyp[0]]
             point[f"{key}_cer"] = round(_cer(texts, hyp), 4)
             point[f"{key}_exact"] = round(sum(a == b for a, b in zip(texts, hyp)) / len(texts), 4)
             if cfg.ctc_weight:
@@ -327,7 +329,6 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
                     model.train()
                 ids = greedy_ctc(lp, inputs["image_columns"] * cfg.ctc_frames, blank)
                 point[f"{key}_ctc_cer"] = round(_cer(texts, tokenizer.batch_decode(ids)), 4)
-        point["example"] = [evals["rows"][1][0], hyp[0] if key == "rows" else None]
         return point
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
