@@ -545,7 +545,7 @@ def demo(
     workdir: Path = typer.Option(Path("."), help="where data/ and runs/ are written"),
     model: str = typer.Option("invoice-vlm-tiny", help="the model to adapt"),
     n: int = typer.Option(200, help="synthetic invoices of the new style to generate"),
-    max_steps: int = typer.Option(150, help="fine-tuning steps"),
+    max_steps: int = typer.Option(60, help="fine-tuning steps"),
     learning_rate: float = typer.Option(5e-4, help="fine-tuning learning rate"),
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
