@@ -215,30 +215,6 @@ def ctc_logits(head, tokens: torch.Tensor, rows: int, frames: int) -> torch.Tens
     return head(grid).view(b, cols * frames, -1)
 
 
-@torch.no_grad()
-def generate_rows(model, tokenizer, unit, rows: list, max_new_tokens: int | None = None,
-                  batch_size: int = 64) -> list[str]:
-    """Greedy transcriptions of row images (uint8 arrays), widest first in batches."""
-    from .rowdata import row_batch
-
-    image_id = model.config.image_token_index
-    order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])
-    out: dict[int, str] = {}
-    was = model.training
-    model.eval()
-    for k in range(0, len(order), batch_size):
-        chunk = order[k:k + batch_size]
-        inputs = row_batch([rows[i] for i in chunk], None, tokenizer, unit, image_id)
-        inputs.pop("image_columns")
-        budget = max_new_tokens or (max(rows[i].shape[1] for i in chunk) // 6 + 8)
-        gen = model.generate(**inputs, max_new_tokens=budget, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        out.update(zip(chunk, (t.strip() for t in texts)))
-    model.train(was)
-    return [out[i] for i in range(len(rows))]
-
-
 def _cer(refs: list[str], hyps: list[str]) -> float:
     from ..evaluate import cer
 
@@ -312,10 +288,14 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     recent: list[dict[str, float]] = []
     step_times: list[float] = []
 
+    from ..infer import Predictor
+
+    reader = Predictor(model, processor)  # the engine's own row path: evaluation reads as inference does
+
     def evaluate() -> dict[str, Any]:
         point: dict[str, Any] = {"step": step, "eval": True}
         for key, (rows, texts) in evals.items():
-            hyp = generate_rows(model, tokenizer, unit, rows)
+            hyp = reader.read_rows(rows)
             if key == "rows":
                 point["example"] = [texts[0], hyp[0]]
             point[f"{key}_cer"] = round(_cer(texts, hyp), 4)
