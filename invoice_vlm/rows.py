@@ -107,14 +107,12 @@ def text_mask(gray: np.ndarray) -> np.ndarray:
         text &= ~np.isin(labels, too_big)
     # Dust and noise on scans: specks far from any letter. A mark smaller than half a glyph's height squared is kept
     # only within a glyph's height of a letter (a full stop, an i's dot, a decimal point always are).
-    from scipy.ndimage import maximum_filter as _max
-
     areas = np.bincount(labels[text], minlength=n + 1)
     small = (areas > 0) & (areas < (0.5 * max(typical, 4.0)) ** 2)
     small[0] = False
     letters = text & ~small[labels]
     reach = int(2 * max(typical, 4.0)) + 1
-    near = _max(letters, size=reach, mode="constant")
+    near = maximum_filter(letters, size=reach, mode="constant")
     touching = np.bincount(labels[near & text], minlength=n + 1) > 0
     lone = small & ~touching
     if lone.any():
