@@ -292,6 +292,8 @@ def eval_(
             cpus_per_actor=cpus_per_actor), sets=sets)
         scores = stage.main(cfg)
         _print_scores(scores)
+        if scores.get("skipped"):
+            raise typer.Exit(1)  # the rest was scored and written; the exit code says that something was left out
 
     _guard(go)
 
@@ -324,6 +326,7 @@ def predict(
     pages: Optional[str] = typer.Option(None, help="PDF pages to read, e.g. 1-3,5 (default: every page)"),
     max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
     dpi: int = typer.Option(200, help="PDF render resolution"),
+    max_pages: int = typer.Option(200, help="most pages per document, a longer one is refused (0: no limit)"),
     quantize: Optional[str] = typer.Option(None, help="int8: dynamic int8 quantisation (CPU)"),
     dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16 (default: bf16 on a GPU, fp32 on CPU)"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
@@ -357,6 +360,7 @@ def predict(
         if out_dir:
             cfg = build_config(jobs.PredictJobConfig, overrides=dict(
                 inputs=[str(f) for f in files], out=str(out_dir), model=model, task=task, pages=pages, dpi=dpi,
+                max_pages=max_pages,
                 max_new_tokens=max_new_tokens, batch_size=batch_size, quantize=quantize, dtype=dtype, device=device,
                 compile=compile, shard_size=shard_size, ray=target, actors=actors, cpus_per_actor=cpus_per_actor))
             done = jobs.run_predict(cfg, on_error=_error_line)
@@ -372,7 +376,7 @@ def predict(
         docs = []
         for p in paths:
             try:
-                docs.append(fio.plan(p, wanted))
+                docs.append(fio.plan(p, wanted, max_pages))
             except InvoiceVLMError as e:
                 errors.append(str(e))
         for e in errors:
@@ -435,6 +439,7 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, help="largest upload (413 above)"),
     max_pages: int = typer.Option(10, help="most pages per document (413 above)"),
     timeout_s: float = typer.Option(120.0, help="per-request time limit (504 after)"),
+    read_timeout_s: float = typer.Option(30.0, help="longest pause within an upload (408 after: a stalled client)"),
     api_key: Optional[str] = typer.Option(None, envvar="INVOICE_VLM_API_KEY",
                                           help="require this key (X-API-Key header or Bearer token)"),
     quantize: Optional[str] = typer.Option(None, help="int8: dynamic int8 quantisation (CPU)"),
@@ -445,7 +450,8 @@ def serve(
     def go():
         srv.main(srv.ServeConfig(model=model, host=host, port=port, batch_size=batch_size, max_wait_ms=max_wait_ms,
                                  max_new_tokens=max_new_tokens, max_upload_mb=max_upload_mb, max_pages=max_pages,
-                                 timeout_s=timeout_s, api_key=api_key, quantize=quantize))
+                                 timeout_s=timeout_s, read_timeout_s=read_timeout_s, api_key=api_key,
+                                 quantize=quantize))
 
     _guard(go)
 

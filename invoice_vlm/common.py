@@ -7,6 +7,7 @@ and values of the wrong type fail before any work starts, naming the file (or fl
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import platform
@@ -116,12 +117,29 @@ def _set_nested(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_NODES = 100_000  # values after aliases are expanded: a billion-laughs document stops here
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A config file as plain data: PyYAML's safe loader (a ``!!python/...`` tag is refused, never run), at most
+    1 MB, and at most 100,000 values once anchors and aliases are expanded."""
     path = Path(path)
     if not path.is_file():
         raise InvoiceVLMError(f"{path}: config file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise InvoiceVLMError(f"{path}: config too large ({path.stat().st_size} bytes; at most {MAX_CONFIG_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InvoiceVLMError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise InvoiceVLMError(f"{path}{line}: {e.problem} - refused, not safe: a config is plain data and nothing "
+                              "in it is executed") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -130,7 +148,25 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise InvoiceVLMError(f"{path}: expected a mapping of settings at the top level")
+    _check_size(data, path)
     return data
+
+
+def _check_size(data: Any, path: Path) -> None:
+    # aliases make a small document a huge tree of shared nodes; anything that walks it (JSON dumps, merging)
+    # would expand it, so count values up to a budget and stop
+    budget, stack = MAX_CONFIG_NODES, [data]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise InvoiceVLMError(f"{path}: config too large once its aliases are expanded (more than "
+                                  f"{MAX_CONFIG_NODES:,} values)")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def build_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -188,6 +224,7 @@ def staged_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _clear_dead_stages(final)
     stage = final.with_name(f".{final.name}.partial-{os.getpid()}")
     if stage.exists():
         shutil.rmtree(stage)
@@ -207,6 +244,41 @@ def staged_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(stage, final)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _clear_dead_stages(final: Path) -> None:
+    """Remove the staging (and moved-aside) folders of ``final`` left by a process killed with SIGKILL: nothing
+    else ever clears them. A live process's folder (a concurrent writer) is left alone."""
+    for p in final.parent.glob(f".{glob.escape(final.name)}.*-*"):
+        kind, _, pid = p.name[len(final.name) + 2:].rpartition("-")
+        if kind in ("partial", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's ``checkpoint-N`` folders that were written to the end, oldest first. Trainer writes a checkpoint
+    in place and ``trainer_state.json`` last, so one without a readable one was cut short (a kill mid-save)."""
+    found = []
+    for c in Path(run_dir).glob("checkpoint-*"):
+        step = c.name.split("-")[-1]
+        if not (step.isdigit() and c.is_dir()):
+            continue
+        try:
+            json.loads((c / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found.append((int(step), c))
+    return [c for _, c in sorted(found)]
 
 
 def environment_info() -> dict[str, str]:

@@ -119,17 +119,17 @@ def _read_metadata(meta_path: Path, seen: set[str], check_images: bool, require_
                    skipped: list[str] | None = None) -> list[Sample]:
     folder = meta_path.parent
     samples: list[Sample] = []
-    with open(meta_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                samples.append(_record(json_line(line, f"{meta_path}:{lineno}"), folder, f"{meta_path}:{lineno}",
-                                       seen, check_images, require_text))
-            except InvoiceVLMError as e:
-                if skipped is None:
-                    raise
-                skipped.append(str(e))
+    for _, where, line, bad in _lines(meta_path):
+        if bad is None and not line.strip():
+            continue
+        try:
+            if bad is not None:
+                raise bad
+            samples.append(_record(json_line(line, where), folder, where, seen, check_images, require_text))
+        except InvoiceVLMError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
     return samples
 
 
@@ -156,7 +156,7 @@ def _record(row: dict[str, Any], folder: Path, where: str, seen: set[str], check
     sid = str(row.get("id") or Path(name).stem)
     if sid in seen:
         raise InvoiceVLMError(f"{where}: duplicate id {sid!r}")
-    image = folder / name
+    image = inside(folder, name, where)  # the folder of the metadata file (a split, or one shard of it)
     if check_images:
         check_image(image, where)
     seen.add(sid)
@@ -168,11 +168,46 @@ def check_image(path: Path, where: str | None = None) -> None:
     prefix = f"{where}: " if where else ""
     if not path.is_file():
         raise InvoiceVLMError(f"{prefix}{path}: image not found")
+    if path.stat().st_size == 0:
+        raise InvoiceVLMError(f"{prefix}{path}: empty file")
     try:
         with Image.open(path) as im:
             im.verify()
     except _IMAGE_ERRORS as e:
-        raise InvoiceVLMError(f"{prefix}{path}: image does not open ({e.__class__.__name__}: {e})") from None
+        raise InvoiceVLMError(f"{prefix}{path}: {_image_problem(e)}") from None
+
+
+def _image_problem(e: Exception) -> str:
+    """What a Pillow error means, in one line (its own message may name a BytesIO object or span lines)."""
+    if isinstance(e, Image.DecompressionBombError):
+        return f"image too large (a decompression bomb: {str(e).split(', could')[0]})"
+    if isinstance(e, UnidentifiedImageError):
+        return "image does not open: not an image or a PDF (unrecognised content)"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"image does not open ({e.__class__.__name__}" + (f": {first})" if first else ")")
+
+
+def inside(root: Path, name: str, where: str, what: str = "the dataset folder") -> Path:
+    """``root / name``, refused when it leaves ``root``: an absolute path, ``..`` or a symlink pointing out. A
+    dataset or manifest written by someone else must never make us read other files of the machine."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise InvoiceVLMError(f"{where}: path {name!r} is not a file name")
+    path = root / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+        raise InvoiceVLMError(f"{where}: {name!r} is outside {what} (refused: only files inside it are read)")
+    return path
+
+
+def _lines(path: Path):
+    """(line number, text) of a JSON-lines file; a line that is not UTF-8 is one error naming file and line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                yield lineno, where, raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield lineno, where, "", InvoiceVLMError(
+                    f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
 
 
 MAX_PAGE_PIXELS = 50_000_000  # a letter page at 600 dpi is 34M pixels; a bigger "page" is a decompression bomb
@@ -218,7 +253,46 @@ def image_from_bytes(data: bytes, name: str) -> Image.Image:
     except InvoiceVLMError:
         raise
     except (*_IMAGE_ERRORS, Image.DecompressionBombWarning) as e:
-        raise InvoiceVLMError(f"{name}: image does not open ({e.__class__.__name__}: {e})") from None
+        raise InvoiceVLMError(f"{name}: {_image_problem(e)}") from None
+
+
+def image_pages(data: bytes, name: str, pages: list[int] | None = None,
+                max_pages: int | None = None) -> list[tuple[int, Image.Image]]:
+    """Every frame of an image as a page (a multi-page TIFF is how fax and scanner software files an invoice);
+    ``pages`` picks frames. Each frame's size is checked from its header before it is decoded."""
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                n = getattr(im, "n_frames", 1) if im.format in ("TIFF", "MPO") else 1  # GIF/APNG frames: animation
+                wanted = pages or list(range(1, n + 1))
+                if wanted[-1] > n:
+                    raise InvoiceVLMError(f"{name}: no page {wanted[-1]} (the image has {n})")
+                if max_pages and len(wanted) > max_pages:
+                    raise InvoiceVLMError(f"{name}: {len(wanted)} pages, at most {max_pages} per document")
+                out = []
+                for k in wanted:
+                    im.seek(k - 1)
+                    _check_pixels(name if n == 1 else f"{name} page {k}", im.size)
+                    im.load()
+                    out.append((k, to_rgb(im)))
+                return out
+    except InvoiceVLMError:
+        raise
+    except (*_IMAGE_ERRORS, EOFError, Image.DecompressionBombWarning) as e:
+        raise InvoiceVLMError(f"{name}: {_image_problem(e)}") from None
+
+
+def image_page_count(path: Path) -> int:
+    """Pages (frames) an image file will give, from its headers only."""
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "n_frames", 1) if im.format in ("TIFF", "MPO") else 1
+    except (*_IMAGE_ERRORS, EOFError) as e:
+        raise InvoiceVLMError(f"{path}: {_image_problem(e)}") from None
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -255,9 +329,7 @@ def document_pages(data: bytes, name: str, pages: list[int] | None = None, dpi: 
     if not data:
         raise InvoiceVLMError(f"{name}: empty file")
     if not is_pdf(data):
-        if pages and pages != [1]:
-            raise InvoiceVLMError(f"{name}: an image has one page (asked for pages {pages})")
-        return [(1, image_from_bytes(data, name))]
+        return image_pages(data, name, pages, max_pages)
     import pypdfium2 as pdfium
 
     pdf = _open_pdf(data, name)
@@ -343,6 +415,9 @@ def _open_pdf(source: Path | bytes, name: str | None = None):
         return pdfium.PdfDocument(source if isinstance(source, bytes) else str(source))
     except (pdfium.PdfiumError, OSError) as e:
         # pdfium says "Incorrect password error" for encrypted files and "Data format error" for broken ones
+        if "password" in str(e).lower():
+            raise InvoiceVLMError(f"{name}: PDF does not open (encrypted: it needs a password; decrypt it "
+                                  "first)") from None
         raise InvoiceVLMError(f"{name}: PDF does not open ({e})") from None
 
 
@@ -353,6 +428,8 @@ def render_pdf_page(path: str | Path, page: int = 0, dpi: int = 200) -> Image.Im
     try:
         if not 0 <= page < len(pdf):
             raise InvoiceVLMError(f"{path}: no page {page + 1} (the PDF has {len(pdf)})")
+        w, h = pdf[page].get_size()
+        _check_pixels(f"{path} page {page + 1}", (int(w * dpi / 72), int(h * dpi / 72)))
         return pdf[page].render(scale=dpi / 72).to_pil().convert("RGB")
     finally:
         pdf.close()
@@ -378,17 +455,17 @@ def read_manifest(path: str | Path, pages_dir: Path, dpi: int = 200, skipped: li
     pages_dir.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                samples.append(_manifest_record(json_line(line, where), root, where, pages_dir, dpi, seen))
-            except InvoiceVLMError as e:
-                if skipped is None:
-                    raise
-                skipped.append(str(e))
+    for _, where, line, bad in _lines(path):
+        if bad is None and not line.strip():
+            continue
+        try:
+            if bad is not None:
+                raise bad
+            samples.append(_manifest_record(json_line(line, where), root, where, pages_dir, dpi, seen))
+        except InvoiceVLMError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
     if not samples:
         raise InvoiceVLMError(f"{path}: no documents could be read" + (f" ({skipped[0]})" if skipped else ""))
     return samples
@@ -404,10 +481,13 @@ def _manifest_record(row: dict[str, Any], root: Path, where: str, pages_dir: Pat
     text_name = row.get("text")
     if not isinstance(text_name, str) or not text_name:
         raise InvoiceVLMError(f"{where}: {sid}: missing 'text' (path of the reference transcription)")
-    text_path = root / text_name
+    text_path = inside(root, text_name, f"{where}: {sid}", "the manifest's folder")
     if not text_path.is_file():
         raise InvoiceVLMError(f"{where}: {sid}: reference {text_path} not found")
-    text = text_path.read_text(encoding="utf-8").strip("\n")
+    try:
+        text = text_path.read_text(encoding="utf-8").strip("\n")
+    except UnicodeDecodeError as e:
+        raise InvoiceVLMError(f"{where}: {sid}: reference {text_path} is not UTF-8 text (byte at {e.start})") from None
     if not text.strip():
         raise InvoiceVLMError(f"{where}: {sid}: reference {text_path} has no text")
     page = row.get("page", 0)
@@ -416,9 +496,10 @@ def _manifest_record(row: dict[str, Any], root: Path, where: str, pages_dir: Pat
     if row.get("pdf"):
         image = pages_dir / f"{_safe_name(sid)}-p{page}-{dpi}dpi.png"
         if not image.is_file():
-            render_pdf_page(root / row["pdf"], page, dpi).save(image, compress_level=1)
+            source = inside(root, row["pdf"], f"{where}: {sid}", "the manifest's folder")
+            render_pdf_page(source, page, dpi).save(image, compress_level=1)
     elif row.get("image"):
-        image = root / row["image"]
+        image = inside(root, row["image"], f"{where}: {sid}", "the manifest's folder")
         check_image(image, where)
     else:
         raise InvoiceVLMError(f"{where}: {sid}: neither 'pdf' nor 'image' given")

@@ -59,6 +59,7 @@ class PredictJobConfig:
     prompt: str = field(default="", metadata={"help": "model prompt (default: the task's)"})
     pages: str = field(default="", metadata={"help": "PDF pages to read, e.g. 1-3,5 (default: every page)"})
     dpi: int = field(default=200, metadata={"help": "PDF render resolution"})
+    max_pages: int = field(default=200, metadata={"help": "most pages per document (0: no limit)"})
     max_new_tokens: int = field(default=512, metadata={"help": "most tokens generated per page"})
     min_new_tokens: int = field(default=0, metadata={"help": "benchmarks only: at least this many tokens a page"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
@@ -143,14 +144,14 @@ def plan_shards(files: list[str], shard_size: int) -> list[Shard]:
     return [Shard(k, tuple(files[i:i + shard_size])) for k, i in enumerate(range(0, len(files), shard_size))]
 
 
-def read_pages(path: str, pages: list[int] | None, dpi: int) -> list:
+def read_pages(path: str, pages: list[int] | None, dpi: int, max_pages: int = 200) -> list:
     """(page number, RGB image) for the pages of one file; any problem is one InvoiceVLMError naming it."""
     from .infer import files as fio
 
     p = Path(path)
     if not p.is_file():
         raise InvoiceVLMError(f"{p}: file not found")
-    return list(fio.page_images(fio.plan(p, pages), dpi))
+    return list(fio.page_images(fio.plan(p, pages, max_pages), dpi))
 
 
 def page_record(file: str, page: int, text: str, task: str) -> dict[str, Any]:
@@ -217,7 +218,7 @@ def _prepare(out: Path, identity: dict[str, Any]) -> None:
                 diff.append(f"other input files ({theirs.get('files')} files, now {identity['files']})")
             raise InvoiceVLMError(f"{out}: holds another predict job ({', '.join(diff) or 'other settings'}); "
                                   "choose another --out")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != JOB + ".tmp" for p in out.iterdir()):  # .tmp: a kill mid-first write
         raise InvoiceVLMError(f"{out}: folder is not empty and holds no predict job ({JOB} missing); choose a new "
                               "or empty folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +325,7 @@ def _run_local(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Ca
         def items():
             for i, f in enumerate(shard.files):
                 try:
-                    pages = read_pages(f, wanted, cfg.dpi)
+                    pages = read_pages(f, wanted, cfg.dpi, cfg.max_pages)
                 except InvoiceVLMError as e:
                     errors[i] = str(e)
                     on_error(str(e))
@@ -400,7 +401,8 @@ def _check_resources(ray, cfg: PredictJobConfig) -> None:
         raise InvoiceVLMError(f"--ray --device cuda: {cfg.actors} actors need one GPU each; the cluster has {gpus:g}")
 
 
-def render_file(row: dict[str, Any], pages: list[int] | None, dpi: int) -> list[dict[str, Any]]:
+def render_file(row: dict[str, Any], pages: list[int] | None, dpi: int,
+                max_pages: int = 200) -> list[dict[str, Any]]:
     """A Ray Data ``flat_map`` step: one file -> a row per page, or one error row. An image travels as its own
     bytes (the actor decodes it, once, as one process would); a PDF's pages are rendered here and travel as PNG.
     ``count`` (pages of the file) lets the driver tell when a file, and so a shard, is complete."""
@@ -411,8 +413,8 @@ def render_file(row: dict[str, Any], pages: list[int] | None, dpi: int) -> list[
     try:
         if not path.is_file():
             raise InvoiceVLMError(f"{path}: file not found")
-        doc = fio.plan(path, pages)
-        if not doc.pdf:
+        doc = fio.plan(path, pages, max_pages)
+        if not doc.pdf and doc.count == 1:  # one image travels as its own bytes
             return [{**base, "page": 1, "count": 1, "data": path.read_bytes(), "error": ""}]
         images = list(fio.page_images(doc, dpi))
     except InvoiceVLMError as e:
@@ -471,7 +473,8 @@ def _run_ray(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Call
     blocks = min(len(items), max(1, -(-len(items) // max(1, cfg.shard_size // 4))))
     threads = 0 if gpu else max(1, int(cfg.cpus_per_actor))
     ds = (ray.data.from_items(items, override_num_blocks=blocks)
-          .flat_map(render_file, fn_kwargs={"pages": cfg.page_list, "dpi": cfg.dpi}, num_cpus=RENDER_CPUS)
+          .flat_map(render_file, fn_kwargs={"pages": cfg.page_list, "dpi": cfg.dpi, "max_pages": cfg.max_pages},
+                    num_cpus=RENDER_CPUS)
           .map_batches(PageReader, batch_size=cfg.batch_size * 4, batch_format="numpy",
                        compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,
                        num_gpus=1 if gpu else 0,

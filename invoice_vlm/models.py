@@ -394,6 +394,8 @@ def load(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str
         raise InvoiceVLMError(f"{p}: no model here (config.json missing)")
     if not p.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise InvoiceVLMError(f"{name}: model folder not found (and not a hub id of the form owner/name)")
+    if p.is_dir():
+        check_model_folder(p, trust_remote_code)
     try:
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
         extra = {"quantization_config": quantization_config, "device_map": {"": 0}} if quantization_config else {}
@@ -407,6 +409,38 @@ def load(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str
         model.to(device)
     model.eval()
     return model, processor
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
+              "processor_config.json", "generation_config.json", "special_tokens_map.json")
+
+
+def check_model_folder(folder: Path, trust_remote_code: bool = False) -> None:
+    """What a model folder must be before transformers sees it, each problem one line naming the file: weights in
+    safetensors (a pickle file can run code when loaded, so it is never loaded), JSON files that parse, and no
+    code of its own unless the user asked for it."""
+    import json
+
+    for name in JSON_FILES:
+        f = folder / name
+        if f.is_file():
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise InvoiceVLMError(f"{f}: not valid JSON ({e}); the model's {name} is damaged") from None
+    if not any(folder.glob("*.safetensors")) and not (folder / "adapter_config.json").is_file():
+        pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise InvoiceVLMError(f"{folder}: only pickle weights here ({', '.join(pickles[:3])}); refused, "
+                                  "safetensors only: a pickle file can run code when it is loaded. Convert it "
+                                  "where you trust it (model.save_pretrained(..., safe_serialization=True))")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() \
+        else {}
+    if isinstance(config, dict) and config.get("auto_map") and not trust_remote_code:
+        raise InvoiceVLMError(f"{folder / 'config.json'}: the model asks to run its own code (remote code, "
+                              "auto_map); refused unless you trust it and set trust_remote_code (train: --set "
+                              "trust_remote_code=true)")
 
 
 def count_parameters(model) -> int:

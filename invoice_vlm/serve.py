@@ -40,6 +40,8 @@ class ServeConfig:
     max_upload_mb: float = field(default=20.0, metadata={"help": "largest upload (413 above)"})
     max_pages: int = field(default=10, metadata={"help": "most pages per document (413 above)"})
     timeout_s: float = field(default=120.0, metadata={"help": "per-request time limit (504 after)"})
+    read_timeout_s: float = field(default=30.0, metadata={"help": "longest wait for the next part of a request "
+                                                                  "body (408 after: a stalled upload)"})
     dpi: int = field(default=200, metadata={"help": "PDF render resolution"})
     api_key: str | None = field(default=None, metadata={"help": "require this key (X-API-Key or Bearer)"})
     quantize: str | None = field(default=None, metadata={"help": "int8 (CPU)"})
@@ -49,6 +51,71 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+class BodyGuard:
+    """ASGI middleware bounding a request body while it arrives: more bytes than ``limit`` (a chunked upload says
+    no Content-Length) or a pause longer than ``timeout`` between its parts (a stalled client holding a
+    connection) ends the read there, and the answer is a JSON 413 or 408 instead of what the app would say about
+    the cut-off body. Once the body is complete, nothing is changed."""
+
+    def __init__(self, app, limit: int, timeout: float):
+        self.app, self.limit, self.timeout = app, limit, timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        import json
+
+        st = {"seen": 0, "done": False, "problem": None, "started": False}
+
+        async def guarded_receive():
+            if st["problem"]:
+                return {"type": "http.disconnect"}
+            if st["done"]:
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                st["problem"] = (408, "timeout", f"request body stalled: nothing arrived for {self.timeout:g} s")
+                return {"type": "http.disconnect"}
+            if msg["type"] == "http.request":
+                st["seen"] += len(msg.get("body", b""))
+                st["done"] = not msg.get("more_body", False)
+                if st["seen"] > self.limit:
+                    st["problem"] = (413, "too_large", f"request body over {self.limit} bytes; refused while "
+                                                       "it arrived")
+                    return {"type": "http.disconnect"}
+            return msg
+
+        async def guarded_send(msg):
+            if st["problem"] and not st["started"]:
+                if msg["type"] == "http.response.start":
+                    status, code, message = st["problem"]
+                    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+                    await send({"type": "http.response.start", "status": status,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                    await send({"type": "http.response.body", "body": body})
+                    st["started"] = True
+                return
+            if msg["type"] == "http.response.start":
+                st["started"] = True
+            elif st["problem"]:
+                return  # the replaced response's body
+            await send(msg)
+
+        await self.app(scope, guarded_receive, guarded_send)
+
+
+def upload_name(filename: str | None) -> str:
+    """The upload's own file name, for messages and answers only (it is never a path here): its last component,
+    control characters dropped, at most 200 characters."""
+    import unicodedata
+
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")[:200].strip()
+    return name if name not in ("", ".", "..") else "upload"
 
 
 class MicroBatcher:
@@ -171,6 +238,8 @@ def create_app(predictor, cfg: ServeConfig | None = None, model_name: str = ""):
     app = FastAPI(title="invoice-vlm", version="0.1.0", lifespan=lifespan,
                   description="Invoice OCR and key-field extraction with a vision-language model.")
     app.state.batcher, app.state.metrics, app.state.config = batcher, metrics, cfg
+    # inside the counting middleware below, so that its 413/408 answers are counted too
+    app.add_middleware(BodyGuard, limit=int(cfg.max_upload_mb * 1024 * 1024) + 64 * 1024, timeout=cfg.read_timeout_s)
 
     def error(status: int, code: str, message: str) -> JSONResponse:
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
@@ -223,21 +292,22 @@ def create_app(predictor, cfg: ServeConfig | None = None, model_name: str = ""):
         ctype = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
         if ctype not in ALLOWED_TYPES:
             raise ApiError(415, "unsupported_media_type",
-                           f"{file.filename}: content type {ctype} not accepted (an image or application/pdf)")
+                           f"{upload_name(file.filename)}: content type {ctype} not accepted (an image or "
+                           "application/pdf)")
         data = await file.read(limit + 1)
         if len(data) > limit:
-            raise ApiError(413, "too_large", f"{file.filename}: larger than {cfg.max_upload_mb:g} MB")
+            raise ApiError(413, "too_large", f"{upload_name(file.filename)}: larger than {cfg.max_upload_mb:g} MB")
         return data
 
     async def run(task: str, request: Request, file: UploadFile, preview: bool) -> dict[str, Any]:
         check_key(request)
         t0 = time.perf_counter()
         data = await read_upload(file)
-        name = file.filename or "upload"
+        name = upload_name(file.filename)
         from .data import is_pdf
 
         if data and not is_pdf(data) and not _looks_like_image(data):
-            raise ApiError(415, "unsupported_media_type", f"{name}: neither an image nor a PDF")
+            raise ApiError(415, "unsupported_media_type", f"{name}: not an image or a PDF (unrecognised content)")
         try:
             pages = await asyncio.get_running_loop().run_in_executor(
                 batcher.decode_threads, document_pages, data, name, None, cfg.dpi, cfg.max_pages)

@@ -41,22 +41,33 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
-def plan(path: Path, pages: list[int] | None) -> Document:
-    """How many pages ``path`` will give, reading no more than the PDF's page table."""
+MAX_PAGES = 200  # per document: every page of a document is held at once by a job's shard; 0 lifts the limit
+
+
+def plan(path: Path, pages: list[int] | None, max_pages: int = MAX_PAGES) -> Document:
+    """How many pages ``path`` will give, reading no more than the PDF's page table or the image's headers."""
     with open(path, "rb") as f:
         head = f.read(1024)
     if not head:
         raise InvoiceVLMError(f"{path}: empty file")
-    if not is_pdf(head):
-        return Document(path, pages, 1)
-    from ..data import pdf_page_count
+    if is_pdf(head):
+        from ..data import pdf_page_count
 
-    n = pdf_page_count(path)
+        n, kind = pdf_page_count(path), "PDF"
+    else:
+        from ..data import image_page_count
+
+        n, kind = image_page_count(path), "image"
+        if n == 1:
+            return Document(path, None, 1)  # --pages picks pages of PDFs and multi-page TIFFs; an image is its page
     if pages and pages[-1] > n:
-        raise InvoiceVLMError(f"{path}: no page {pages[-1]} (the PDF has {n})")
-    return Document(path, pages, len(pages) if pages else n, pdf=True)
+        raise InvoiceVLMError(f"{path}: no page {pages[-1]} (the {kind} has {n})")
+    count = len(pages) if pages else n
+    if max_pages and count > max_pages:
+        raise InvoiceVLMError(f"{path}: {count} pages, at most {max_pages} per document (--pages picks some, "
+                              "--max-pages raises the limit)")
+    return Document(path, pages, count, pdf=kind == "PDF")
 
 
 def page_images(doc: Document, dpi: int = 200) -> Iterator[tuple[int, Image.Image]]:
-    # --pages picks pages of PDFs; an image is its one page whatever --pages says
-    yield from document_pages(doc.path.read_bytes(), str(doc.path), doc.pages if doc.pdf else None, dpi=dpi)
+    yield from document_pages(doc.path.read_bytes(), str(doc.path), doc.pages, dpi=dpi)
