@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .common import InvoiceVLMError, environment_info, staged_dir, write_json
+from .common import InvoiceVLMError, complete_checkpoints, environment_info, staged_dir, write_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -82,8 +82,7 @@ def _is_adapter(p: Path) -> bool:
 
 
 def _checkpoints(run: Path) -> list[Path]:
-    found = [c for c in run.glob("checkpoint-*") if c.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda c: int(c.name.split("-")[-1]))
+    return complete_checkpoints(run)  # not one a kill cut short mid-save
 
 
 def resolve_source(model: str, want_adapter: bool) -> tuple[str, Path | None]:

@@ -271,7 +271,8 @@ def _prepare(cfg: SynthConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InvoiceVLMError(f"{out}: exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
+    # dataset.json.tmp alone: a kill during the very first write of dataset.json, nothing else was written
+    if not out.exists() or all(p.name == MANIFEST + ".tmp" for p in out.iterdir()):
         return
     manifest = out / MANIFEST
     if not manifest.is_file():
@@ -285,6 +286,9 @@ def _prepare(cfg: SynthConfig) -> None:
         if old.get("generator") != "invoice_vlm.synth":
             raise InvoiceVLMError(f"{manifest}: not written by invoice-vlm synth; --overwrite only replaces "
                                   "synthetic datasets")
+        for p in out.iterdir():  # dataset.json last: a kill mid-delete leaves a folder --overwrite still takes
+            if p.name != MANIFEST:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         shutil.rmtree(out)
         return
     theirs = old.get("identity") or {}

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from ..common import InvoiceVLMError, environment_info, staged_dir, write_json
+from ..common import InvoiceVLMError, complete_checkpoints, environment_info, staged_dir, write_json
 from . import methods, preflight
 from .collate import Collator
 from .config import METRICS, TrainConfig
@@ -302,8 +303,16 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     run_dir = cfg.run_dir
     if not cfg.data:
         raise InvoiceVLMError("train: no dataset given (--data DIR or data: in the config)")
-    if cfg.resume and not any(run_dir.glob("checkpoint-*")):
-        raise InvoiceVLMError(f"{run_dir}: --resume given but there is no checkpoint-* folder to resume from")
+    resume_from = None
+    if cfg.resume:
+        # not Trainer's newest checkpoint-N: one cut short by a kill mid-save would be taken as it is
+        done = complete_checkpoints(run_dir)
+        if not done:
+            if any(run_dir.glob("checkpoint-*")):
+                raise InvoiceVLMError(f"{run_dir}: --resume given but every checkpoint-* folder was cut short mid-save "
+                                      "(no trainer_state.json): nothing to resume from")
+            raise InvoiceVLMError(f"{run_dir}: --resume given but there is no checkpoint-* folder to resume from")
+        resume_from = str(done[-1])
     if (run_dir / "model").exists() and not cfg.resume:
         raise InvoiceVLMError(f"{run_dir}: a finished run is already here; choose another --name")
 
@@ -378,7 +387,11 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
                              eval_dataset=train_ds.select(range(1)) if cfg.eval.steps else None,
                              processing_class=processor, data_collator=collator, callbacks=cbs,
                              generation_eval=generation_eval, vision_lr_scale=cfg.vision_lr_scale)
-    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    if resume_from and main_process:  # a cut-short checkpoint would be rewritten in place, or outlive good ones
+        for c in run_dir.glob("checkpoint-*"):
+            if c.is_dir() and c.name.split("-")[-1].isdigit() and c not in done:
+                shutil.rmtree(c, ignore_errors=True)
+    result = trainer.train(resume_from_checkpoint=resume_from)
 
     # Saving (rank 0 only under accelerate/torchrun)
     if trainer.is_world_process_zero():
