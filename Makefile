@@ -11,7 +11,7 @@ APT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-cros
   tesseract-ocr-fra tesseract-ocr-spa tesseract-ocr-ita tesseract-ocr-nld chromium chromium-driver
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean bench docs gpu-carry
+.PHONY: demo test install clean bench docs gpu-carry fuzz
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Fuzzing, bounded: each atheris target FUZZ_SECONDS (libFuzzer -max_total_time), then schemathesis on the server;
+# summaries in runs/fuzz/<target>.json, crash inputs in runs/fuzz/crashes/. Not part of `make test`.
+FUZZ_SECONDS ?= 300
+fuzz: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,fuzz]"
+	$(BIN)/python scripts/fuzz.py --target all --seconds $(FUZZ_SECONDS)
 
 bench: install
 	$(BIN)/invoice-vlm bench synth

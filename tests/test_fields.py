@@ -195,6 +195,8 @@ def test_reference_fields_prefers_normalized_and_skips_unknown():
     manifest = {"invoice_number": "INV/2023/03/0008", "date": "2023-03-20", "total": "279.84", "currency": "USD"}
     assert F.reference_fields(manifest) == {"invoice_number": "inv/2023/03/0008", "date": "2023-03-20",
                                             "total": "279.84", "currency": "USD"}
+    # scripts/fuzz.py --target fields: a "normalized" that is not a dict raised AttributeError
+    assert F.reference_fields({"total": "12.00", "normalized": 2.0}) == {"total": "12.00"}
 
 
 def test_infer_dayfirst():
@@ -284,6 +286,15 @@ def test_parse_prediction_truncated_keeps_complete_pairs():
 @pytest.mark.parametrize("text", ["", "no json here", "[1, 2, 3]", "{", '{"invoice_number" "x"}', "{'a': 1}", None])
 def test_parse_prediction_garbage(text):
     assert F.parse_prediction(text) == ({}, False)
+
+
+def test_parse_prediction_past_pythons_json_limits():
+    # nesting past the recursion limit raised RecursionError, an integer past 4300 digits ValueError
+    deep, long = "[" * 5000, "1" * 5000
+    assert F.parse_prediction('{"a": ' + deep) == ({}, False)
+    assert F.parse_prediction('{"a": ' + deep + "]" * 5000 + "}") == ({}, False)
+    assert F.parse_prediction('{"a": "x", "b": ' + long + ', "c": 1}') == ({"a": "x"}, False)
+    assert F.parse_prediction('{"a": "x", "b": ' + deep) == ({"a": "x"}, False)
 
 
 # ----------------------------------------------------------------------------------------------- scoring

@@ -329,7 +329,8 @@ def reference_fields(fields: dict[str, Any]) -> dict[str, str]:
     """The known key fields of a reference record, canonical. ``fields["normalized"][key]`` is preferred (the
     synthetic generator's machine values), else the value itself (the real-invoice manifest, already machine
     values). Missing, empty and unreadable values are left out: unknown, so not scored."""
-    normalized = fields.get("normalized") or {}
+    normalized = fields.get("normalized")
+    normalized = normalized if isinstance(normalized, dict) else {}  # a hand-written record may hold anything
     dayfirst = infer_dayfirst(fields)
     out = {}
     for key in KEY_FIELDS:
@@ -344,6 +345,8 @@ def reference_fields(fields: dict[str, Any]) -> dict[str, str]:
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)(?:```|\Z)", re.DOTALL)
 _DECODER = json.JSONDecoder()
+# besides JSONDecodeError (a ValueError): deep nesting (RecursionError) and integers past 4300 digits (ValueError)
+_JSON_ERRORS = (ValueError, RecursionError)
 _WS = " \t\r\n"
 
 
@@ -363,7 +366,7 @@ def parse_prediction(text: str) -> tuple[dict[str, Any], bool]:
         return {}, False
     try:
         obj, _ = _DECODER.raw_decode(body, start)
-    except json.JSONDecodeError:
+    except _JSON_ERRORS:
         return _salvage(body, start), False
     return (obj, True) if isinstance(obj, dict) else ({}, False)
 
@@ -383,7 +386,7 @@ def _salvage(s: str, start: int) -> dict[str, Any]:
             return out
         try:
             key, i = _DECODER.raw_decode(s, i)
-        except json.JSONDecodeError:
+        except _JSON_ERRORS:
             return out
         i = _skip(s, i, _WS)
         if i >= len(s) or s[i] != ":":
@@ -391,7 +394,7 @@ def _salvage(s: str, start: int) -> dict[str, Any]:
         i = _skip(s, i + 1, _WS)
         try:
             value, i = _DECODER.raw_decode(s, i)
-        except json.JSONDecodeError:
+        except _JSON_ERRORS:
             return out
         if not isinstance(value, (str, list, dict)) and _skip(s, i, _WS) >= len(s):
             return out
