@@ -399,7 +399,7 @@ def predict(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         results = []
-        multi = len(docs) > 1 or any(d.count > 1 for d in docs)
+        multi = len(paths) > 1 or any(d.count > 1 for d in docs)  # by the inputs given, not those that opened
         with Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, transient=True) as bar:
             job = bar.add_task("pages", total=sum(d.count for d in docs))
@@ -551,7 +551,7 @@ def demo(
     workdir: Path = typer.Option(Path("."), help="where data/ and runs/ are written"),
     model: str = typer.Option("invoice-vlm-tiny", help="the model to adapt"),
     n: int = typer.Option(200, help="synthetic invoices of the new style to generate"),
-    max_steps: int = typer.Option(60, help="fine-tuning steps"),
+    max_steps: int = typer.Option(150, help="fine-tuning steps"),
     learning_rate: float = typer.Option(5e-4, help="fine-tuning learning rate"),
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:

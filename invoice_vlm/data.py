@@ -29,8 +29,10 @@ from PIL import Image, UnidentifiedImageError
 from .common import InvoiceVLMError
 
 SPLITS = ("train", "validation", "test")
-# What Pillow raises for a file that is not an image, is truncated or corrupt, or is a decompression bomb.
-_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# What Pillow raises for a file that is not an image, is truncated or corrupt, or is a decompression bomb; its
+# decoders also raise TypeError, KeyError, IndexError, struct.error... on corrupt headers (found by fuzzing,
+# scripts/fuzz.py), so decoding untrusted bytes catches every Exception and names its type.
+_IMAGE_ERRORS = (Exception,)
 METADATA = "metadata.jsonl"
 
 
@@ -118,14 +120,20 @@ def read_split(root: str | Path, split: str, check_images: bool = True,
 def _read_metadata(meta_path: Path, seen: set[str], check_images: bool, require_text: bool,
                    skipped: list[str] | None = None) -> list[Sample]:
     folder = meta_path.parent
+    return _records(meta_path, lambda row, where: _record(row, folder, where, seen, check_images, require_text),
+                    skipped)
+
+
+def _records(path: Path, make, skipped: list[str] | None) -> list[Sample]:
+    """``make(row, where)`` for every JSON line of ``path``; a bad line raises, or with ``skipped`` is noted."""
     samples: list[Sample] = []
-    for _, where, line, bad in _lines(meta_path):
+    for _, where, line, bad in _lines(path):
         if bad is None and not line.strip():
             continue
         try:
             if bad is not None:
                 raise bad
-            samples.append(_record(json_line(line, where), folder, where, seen, check_images, require_text))
+            samples.append(make(json_line(line, where), where))
         except InvoiceVLMError as e:
             if skipped is None:
                 raise
@@ -138,6 +146,8 @@ def json_line(line: str, where: str) -> dict[str, Any]:
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise InvoiceVLMError(f"{where}: not valid JSON ({e.msg})") from None
+    except (RecursionError, ValueError) as e:  # nesting thousands deep; an integer of over 4,300 digits
+        raise InvoiceVLMError(f"{where}: not valid JSON ({e.__class__.__name__}: {str(e)[:80]})") from None
     if not isinstance(row, dict):
         raise InvoiceVLMError(f"{where}: expected a JSON object")
     return row
@@ -156,12 +166,25 @@ def _record(row: dict[str, Any], folder: Path, where: str, seen: set[str], check
     sid = str(row.get("id") or Path(name).stem)
     if sid in seen:
         raise InvoiceVLMError(f"{where}: duplicate id {sid!r}")
+    _check_types(row, where)
     image = inside(folder, name, where)  # the folder of the metadata file (a split, or one shard of it)
     if check_images:
         check_image(image, where)
     seen.add(sid)
     return Sample(id=sid, image=image, text=text, fields=row.get("fields") or {}, qa=row.get("qa") or [],
                   meta=row.get("meta") or {})
+
+
+def _check_types(row: dict[str, Any], where: str) -> None:
+    """The optional parts of a record, when present, have the shapes every stage reads them as."""
+    for key, kind in (("fields", dict), ("meta", dict), ("qa", list)):
+        if row.get(key) is not None and not isinstance(row[key], kind):
+            raise InvoiceVLMError(f"{where}: '{key}' must be a JSON {'object' if kind is dict else 'array'}")
+    for qa in row.get("qa") or []:
+        if not (isinstance(qa, dict) and isinstance(qa.get("question"), str) and isinstance(qa.get("answer"), str)):
+            raise InvoiceVLMError(f"{where}: each 'qa' entry must be {{\"question\": str, \"answer\": str}}")
+    if row.get("id") is not None and not isinstance(row["id"], (str, int)):
+        raise InvoiceVLMError(f"{where}: 'id' must be a string")
 
 
 def check_image(path: Path, where: str | None = None) -> None:
@@ -282,7 +305,7 @@ def image_pages(data: bytes, name: str, pages: list[int] | None = None,
                 return out
     except InvoiceVLMError:
         raise
-    except (*_IMAGE_ERRORS, EOFError, Image.DecompressionBombWarning) as e:
+    except (*_IMAGE_ERRORS, Image.DecompressionBombWarning) as e:
         raise InvoiceVLMError(f"{name}: {_image_problem(e)}") from None
 
 
@@ -291,7 +314,7 @@ def image_page_count(path: Path) -> int:
     try:
         with Image.open(path) as im:
             return getattr(im, "n_frames", 1) if im.format in ("TIFF", "MPO") else 1
-    except (*_IMAGE_ERRORS, EOFError) as e:
+    except _IMAGE_ERRORS as e:
         raise InvoiceVLMError(f"{path}: {_image_problem(e)}") from None
 
 
@@ -344,8 +367,11 @@ def document_pages(data: bytes, name: str, pages: list[int] | None = None, dpi: 
             raise InvoiceVLMError(f"{name}: {len(wanted)} pages, at most {max_pages} per document")
         out = []
         for k in wanted:
-            page = pdf[k - 1]
-            w, h = page.get_size()
+            try:
+                page = pdf[k - 1]  # a broken page tree fails here, not at opening (found by fuzzing)
+                w, h = page.get_size()
+            except pdfium.PdfiumError as e:
+                raise InvoiceVLMError(f"{name} page {k}: does not load ({e})") from None
             _check_pixels(f"{name} page {k}", (int(w * dpi / 72), int(h * dpi / 72)))
             try:
                 out.append((k, page.render(scale=dpi / 72).to_pil().convert("RGB")))
@@ -428,9 +454,14 @@ def render_pdf_page(path: str | Path, page: int = 0, dpi: int = 200) -> Image.Im
     try:
         if not 0 <= page < len(pdf):
             raise InvoiceVLMError(f"{path}: no page {page + 1} (the PDF has {len(pdf)})")
-        w, h = pdf[page].get_size()
-        _check_pixels(f"{path} page {page + 1}", (int(w * dpi / 72), int(h * dpi / 72)))
-        return pdf[page].render(scale=dpi / 72).to_pil().convert("RGB")
+        import pypdfium2 as pdfium
+
+        try:
+            w, h = pdf[page].get_size()
+            _check_pixels(f"{path} page {page + 1}", (int(w * dpi / 72), int(h * dpi / 72)))
+            return pdf[page].render(scale=dpi / 72).to_pil().convert("RGB")
+        except pdfium.PdfiumError as e:
+            raise InvoiceVLMError(f"{path} page {page + 1}: does not render ({e})") from None
     finally:
         pdf.close()
 
@@ -453,19 +484,8 @@ def read_manifest(path: str | Path, pages_dir: Path, dpi: int = 200, skipped: li
         raise InvoiceVLMError(f"{path}: manifest not found")
     root = path.parent
     pages_dir.mkdir(parents=True, exist_ok=True)
-    samples: list[Sample] = []
     seen: set[str] = set()
-    for _, where, line, bad in _lines(path):
-        if bad is None and not line.strip():
-            continue
-        try:
-            if bad is not None:
-                raise bad
-            samples.append(_manifest_record(json_line(line, where), root, where, pages_dir, dpi, seen))
-        except InvoiceVLMError as e:
-            if skipped is None:
-                raise
-            skipped.append(str(e))
+    samples = _records(path, lambda row, where: _manifest_record(row, root, where, pages_dir, dpi, seen), skipped)
     if not samples:
         raise InvoiceVLMError(f"{path}: no documents could be read" + (f" ({skipped[0]})" if skipped else ""))
     return samples
@@ -473,6 +493,7 @@ def read_manifest(path: str | Path, pages_dir: Path, dpi: int = 200, skipped: li
 
 def _manifest_record(row: dict[str, Any], root: Path, where: str, pages_dir: Path, dpi: int,
                      seen: set[str]) -> Sample:
+    _check_types(row, where)
     sid = str(row.get("id") or "")
     if not sid:
         raise InvoiceVLMError(f"{where}: missing 'id'")

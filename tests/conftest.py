@@ -64,3 +64,23 @@ def write_text_dataset(root: Path, texts: dict[str, list[str]], size: int = 64) 
 @pytest.fixture()
 def text_dataset(tmp_path) -> Path:
     return write_text_dataset(tmp_path / "data", {"train": ["AB 12", "€ 7,50"], "test": ["AB 12", "€ 7,50"]})
+
+
+@pytest.fixture(scope="session")
+def reading_model(tiny_model, tmp_path_factory):
+    """The tiny PaliGemma with weights that make its text depend on the page (the random one writes newlines
+    only): tests that compare texts compare real ones."""
+    import torch
+
+    from invoice_vlm.models import load
+
+    model, processor = load(tiny_model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in model.parameters():
+            if w.dim() >= 2:
+                w.copy_(torch.randn(w.shape, generator=g) * 0.2)
+    out = tmp_path_factory.mktemp("reading") / "model"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

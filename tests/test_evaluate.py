@@ -185,7 +185,7 @@ def test_tesseract_engine_in_the_harness_and_compare(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["eval", "--engine", "tesseract", "--data", str(manifest), "--out", str(tmp_path / "t"),
                             "--limit", "1"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # scored and written, and the exit code says that records were left out
     assert "skipped:" in r.stderr and "broken.pdf: PDF does not open" in r.stderr
     m = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert m["engine"] == "tesseract" and m["engine_version"].startswith("tesseract 5") and m["num_samples"] == 1
@@ -198,7 +198,7 @@ def test_tesseract_engine_in_the_harness_and_compare(tmp_path):
     (tmp_path / "p.jsonl").write_text(json.dumps({"id": preds[0]["id"], "prediction": preds[0]["prediction"][:40]}))
     r = runner.invoke(app, ["eval", "--predictions", str(tmp_path / "p.jsonl"), "--data", str(manifest), "--out",
                             str(tmp_path / "p"), "--no-report"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1 and (tmp_path / "p" / "metrics.json").is_file(), r.output
     r = runner.invoke(app, ["compare", str(tmp_path / "t"), str(tmp_path / "p"), "--markdown", str(tmp_path / "c.md")])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "c.md").read_text()

@@ -429,3 +429,44 @@ def test_no_pickle_is_loaded_on_the_main_paths(tmp_path, tiny_model, text_datase
                   "--max-new-tokens", 2, "--out", tmp_path / "ev", "--no-report").exit_code == 0
     assert invoke("export", "--model", tmp_path / "runs" / "r", "--out", tmp_path / "exp",
                   "--eval", tmp_path / "ev").exit_code == 0
+
+
+# ------------------------------------------------------------------------------- what fuzzing found (fixed)
+
+FUZZ_DOCUMENTS = {  # scripts/fuzz.py --target images: each was a traceback (and an HTTP 500 as an upload)
+    "pdf-broken-page-tree": b"%PDF-\n5 0 obj<</Pages 7 0 R/>\n7 0 obj<</Count 2/Kids/>>trailer<</Root 5 0 R>>",
+    "tiff-missing-dimensions": bytes.fromhex(
+        "49492a0008000000090000010400010000000c0000000101030001000000100000000301030001000000030001000000"
+        "11010400010000007a0000001601040001000000080000001701040001000000c00000001c0103010000000001000000"
+        "01000000000000000000ff00ff00ff00ff00ff00ff00ff00ff00"),
+}
+
+
+@pytest.mark.parametrize("key", list(FUZZ_DOCUMENTS))
+def test_documents_found_by_fuzzing_are_one_line_errors(engine_app, key):
+    from invoice_vlm.common import InvoiceVLMError
+    from invoice_vlm.data import document_pages
+
+    with pytest.raises(InvoiceVLMError, match=r"^x\.bin"):
+        document_pages(FUZZ_DOCUMENTS[key], "x.bin")
+    r = engine_app.post("/v1/ocr", files={"file": ("x.bin", FUZZ_DOCUMENTS[key], "application/octet-stream")})
+    assert r.status_code in (415, 422), r.text
+
+
+@pytest.mark.parametrize("line, phrase", [
+    ("[" * 5000, "not valid JSON"),  # RecursionError
+    ('{"file_name": "a.png", "text": "x", "id": ' + "1" * 5000 + "}", "not valid JSON"),  # int over 4,300 digits
+    ('{"file_name": "a.png", "text": "x", "fields": "normalized"}', "'fields' must be a JSON object"),
+    ('{"file_name": "a.png", "text": "x", "qa": [0]}', "each 'qa' entry"),
+    ('{"file_name": "a.png", "text": "x", "meta": [1]}', "'meta' must be a JSON object"),
+])
+def test_records_found_by_fuzzing_are_one_line_errors(tmp_path, line, phrase):
+    from invoice_vlm.common import InvoiceVLMError
+    from invoice_vlm.data import read_split
+
+    (tmp_path / "test").mkdir()
+    page_image().save(tmp_path / "test" / "a.png")
+    (tmp_path / "test" / "metadata.jsonl").write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(InvoiceVLMError, match=re.escape(phrase)) as e:
+        read_split(tmp_path, "test")
+    assert "metadata.jsonl:1" in str(e.value) and "\n" not in str(e.value)

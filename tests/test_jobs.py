@@ -39,26 +39,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def reading_model(tiny_model, tmp_path_factory):
-    """The tiny PaliGemma with weights that make its text depend on the page (the random one writes newlines
-    only): the comparisons below compare real text."""
-    import torch
-
-    from invoice_vlm.models import load
-
-    model, processor = load(tiny_model)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for w in model.parameters():
-            if w.dim() >= 2:
-                w.copy_(torch.randn(w.shape, generator=g) * 0.2)
-    out = tmp_path_factory.mktemp("reading") / "model"
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
 @pytest.fixture()
 def docs(tmp_path):
     """Five one-page images, a two-page PDF and a broken PNG: 7 files, 4 shards of 2."""

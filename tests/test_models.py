@@ -87,13 +87,13 @@ def test_folder_with_broken_config_or_pickle_weights_is_one_line(tmp_path, tiny_
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    with pytest.raises(InvoiceVLMError, match=r"broken: cannot load model"):
+    with pytest.raises(InvoiceVLMError, match=r"broken/config.json: not valid JSON"):
         load(broken)
     # weights only as a pickle (.bin): refused, safetensors only
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_model, pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
-    with pytest.raises(InvoiceVLMError, match=r"pickled: cannot load model"):
+    with pytest.raises(InvoiceVLMError, match=r"pickled: only pickle weights here \(pytorch_model.bin\); refused"):
         load(pickled)
 
 
