@@ -291,11 +291,7 @@ def image_pages(data: bytes, name: str, pages: list[int] | None = None,
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 n = getattr(im, "n_frames", 1) if im.format in ("TIFF", "MPO") else 1  # GIF/APNG frames: animation
-                wanted = pages or list(range(1, n + 1))
-                if wanted[-1] > n:
-                    raise InvoiceVLMError(f"{name}: no page {wanted[-1]} (the image has {n})")
-                if max_pages and len(wanted) > max_pages:
-                    raise InvoiceVLMError(f"{name}: {len(wanted)} pages, at most {max_pages} per document")
+                wanted = _wanted(name, "image", n, pages, max_pages)
                 out = []
                 for k in wanted:
                     im.seek(k - 1)
@@ -307,6 +303,16 @@ def image_pages(data: bytes, name: str, pages: list[int] | None = None,
         raise
     except (*_IMAGE_ERRORS, Image.DecompressionBombWarning) as e:
         raise InvoiceVLMError(f"{name}: {_image_problem(e)}") from None
+
+
+def _wanted(name: str, kind: str, n: int, pages: list[int] | None, max_pages: int | None) -> list[int]:
+    """The pages to read of a document of ``n``, checked before any is decoded."""
+    wanted = pages or list(range(1, n + 1))
+    if wanted[-1] > n:
+        raise InvoiceVLMError(f"{name}: no page {wanted[-1]} (the {kind} has {n})")
+    if max_pages and len(wanted) > max_pages:
+        raise InvoiceVLMError(f"{name}: {len(wanted)} pages, at most {max_pages} per document")
+    return wanted
 
 
 def image_page_count(path: Path) -> int:
@@ -360,11 +366,7 @@ def document_pages(data: bytes, name: str, pages: list[int] | None = None, dpi: 
         n = len(pdf)
         if n == 0:
             raise InvoiceVLMError(f"{name}: PDF has no pages")
-        wanted = pages or list(range(1, n + 1))
-        if wanted[-1] > n:
-            raise InvoiceVLMError(f"{name}: no page {wanted[-1]} (the PDF has {n})")
-        if max_pages and len(wanted) > max_pages:
-            raise InvoiceVLMError(f"{name}: {len(wanted)} pages, at most {max_pages} per document")
+        wanted = _wanted(name, "PDF", n, pages, max_pages)
         out = []
         for k in wanted:
             try:
