@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .common import InvoiceVLMError, build_config
+from .common import MAX_DOCUMENT_PAGES, InvoiceVLMError, build_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune, evaluate and run vision-language models for invoice OCR.")
@@ -326,7 +326,8 @@ def predict(
     pages: Optional[str] = typer.Option(None, help="PDF pages to read, e.g. 1-3,5 (default: every page)"),
     max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
     dpi: int = typer.Option(200, help="PDF render resolution"),
-    max_pages: int = typer.Option(200, help="most pages per document, a longer one is refused (0: no limit)"),
+    max_pages: int = typer.Option(MAX_DOCUMENT_PAGES, help="most pages per document, a longer one is refused (0: no "
+                                                         "limit)"),
     quantize: Optional[str] = typer.Option(None, help="int8: dynamic int8 quantisation (CPU)"),
     dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16 (default: bf16 on a GPU, fp32 on CPU)"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),

@@ -22,6 +22,10 @@ from typing import Any, Iterator
 import yaml
 
 
+# pages per document that predict reads (--max-pages): a job's shard holds every page of a document at once
+MAX_DOCUMENT_PAGES = 200
+
+
 class InvoiceVLMError(Exception):
     """A problem with the user's input or environment; the CLI prints it as one line, without a traceback."""
 

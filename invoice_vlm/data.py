@@ -127,7 +127,7 @@ def _read_metadata(meta_path: Path, seen: set[str], check_images: bool, require_
 def _records(path: Path, make, skipped: list[str] | None) -> list[Sample]:
     """``make(row, where)`` for every JSON line of ``path``; a bad line raises, or with ``skipped`` is noted."""
     samples: list[Sample] = []
-    for _, where, line, bad in _lines(path):
+    for where, line, bad in _lines(path):
         if bad is None and not line.strip():
             continue
         try:
@@ -222,14 +222,14 @@ def inside(root: Path, name: str, where: str, what: str = "the dataset folder") 
 
 
 def _lines(path: Path):
-    """(line number, text) of a JSON-lines file; a line that is not UTF-8 is one error naming file and line."""
+    """(file:line, text, None) for each line of a JSON-lines file; (file:line, "", error) for one not UTF-8."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                yield lineno, where, raw.decode("utf-8"), None
+                yield where, raw.decode("utf-8"), None
             except UnicodeDecodeError as e:
-                yield lineno, where, "", InvoiceVLMError(
+                yield where, "", InvoiceVLMError(
                     f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
 
 
@@ -290,7 +290,7 @@ def image_pages(data: bytes, name: str, pages: list[int] | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                n = getattr(im, "n_frames", 1) if im.format in ("TIFF", "MPO") else 1  # GIF/APNG frames: animation
+                n = _frames(im)
                 wanted = _wanted(name, "image", n, pages, max_pages)
                 out = []
                 for k in wanted:
@@ -315,11 +315,16 @@ def _wanted(name: str, kind: str, n: int, pages: list[int] | None, max_pages: in
     return wanted
 
 
+def _frames(im: Image.Image) -> int:
+    """Pages of an opened image: the frames of a TIFF or MPO (those of a GIF or APNG are an animation)."""
+    return getattr(im, "n_frames", 1) if im.format in ("TIFF", "MPO") else 1
+
+
 def image_page_count(path: Path) -> int:
     """Pages (frames) an image file will give, from its headers only."""
     try:
         with Image.open(path) as im:
-            return getattr(im, "n_frames", 1) if im.format in ("TIFF", "MPO") else 1
+            return _frames(im)
     except _IMAGE_ERRORS as e:
         raise InvoiceVLMError(f"{path}: {_image_problem(e)}") from None
 
@@ -359,27 +364,13 @@ def document_pages(data: bytes, name: str, pages: list[int] | None = None, dpi: 
         raise InvoiceVLMError(f"{name}: empty file")
     if not is_pdf(data):
         return image_pages(data, name, pages, max_pages)
-    import pypdfium2 as pdfium
-
     pdf = _open_pdf(data, name)
     try:
         n = len(pdf)
         if n == 0:
             raise InvoiceVLMError(f"{name}: PDF has no pages")
         wanted = _wanted(name, "PDF", n, pages, max_pages)
-        out = []
-        for k in wanted:
-            try:
-                page = pdf[k - 1]  # a broken page tree fails here, not at opening (found by fuzzing)
-                w, h = page.get_size()
-            except pdfium.PdfiumError as e:
-                raise InvoiceVLMError(f"{name} page {k}: does not load ({e})") from None
-            _check_pixels(f"{name} page {k}", (int(w * dpi / 72), int(h * dpi / 72)))
-            try:
-                out.append((k, page.render(scale=dpi / 72).to_pil().convert("RGB")))
-            except pdfium.PdfiumError as e:
-                raise InvoiceVLMError(f"{name} page {k}: does not render ({e})") from None
-        return out
+        return [(k, _render(pdf, k, name, dpi)) for k in wanted]
     finally:
         pdf.close()
 
@@ -456,16 +447,25 @@ def render_pdf_page(path: str | Path, page: int = 0, dpi: int = 200) -> Image.Im
     try:
         if not 0 <= page < len(pdf):
             raise InvoiceVLMError(f"{path}: no page {page + 1} (the PDF has {len(pdf)})")
-        import pypdfium2 as pdfium
-
-        try:
-            w, h = pdf[page].get_size()
-            _check_pixels(f"{path} page {page + 1}", (int(w * dpi / 72), int(h * dpi / 72)))
-            return pdf[page].render(scale=dpi / 72).to_pil().convert("RGB")
-        except pdfium.PdfiumError as e:
-            raise InvoiceVLMError(f"{path} page {page + 1}: does not render ({e})") from None
+        return _render(pdf, page + 1, str(path), dpi)
     finally:
         pdf.close()
+
+
+def _render(pdf, k: int, name: str, dpi: int) -> Image.Image:
+    """Page ``k`` (1-based) at ``dpi``; its size is checked before it is rendered."""
+    import pypdfium2 as pdfium
+
+    try:
+        page = pdf[k - 1]  # a broken page tree fails here, not at opening (found by fuzzing)
+        w, h = page.get_size()
+    except pdfium.PdfiumError as e:
+        raise InvoiceVLMError(f"{name} page {k}: does not load ({e})") from None
+    _check_pixels(f"{name} page {k}", (int(w * dpi / 72), int(h * dpi / 72)))
+    try:
+        return page.render(scale=dpi / 72).to_pil().convert("RGB")
+    except pdfium.PdfiumError as e:
+        raise InvoiceVLMError(f"{name} page {k}: does not render ({e})") from None
 
 
 def pdf_page_count(path: str | Path) -> int:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .common import InvoiceVLMError, environment_info, write_json
+from .common import MAX_DOCUMENT_PAGES, InvoiceVLMError, environment_info, write_json
 
 JOB = "job.json"
 GENERATOR = "invoice_vlm.predict"
@@ -59,7 +59,7 @@ class PredictJobConfig:
     prompt: str = field(default="", metadata={"help": "model prompt (default: the task's)"})
     pages: str = field(default="", metadata={"help": "PDF pages to read, e.g. 1-3,5 (default: every page)"})
     dpi: int = field(default=200, metadata={"help": "PDF render resolution"})
-    max_pages: int = field(default=200, metadata={"help": "most pages per document (0: no limit)"})
+    max_pages: int = field(default=MAX_DOCUMENT_PAGES, metadata={"help": "most pages per document (0: no limit)"})
     max_new_tokens: int = field(default=512, metadata={"help": "most tokens generated per page"})
     min_new_tokens: int = field(default=0, metadata={"help": "benchmarks only: at least this many tokens a page"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
@@ -144,7 +144,7 @@ def plan_shards(files: list[str], shard_size: int) -> list[Shard]:
     return [Shard(k, tuple(files[i:i + shard_size])) for k, i in enumerate(range(0, len(files), shard_size))]
 
 
-def read_pages(path: str, pages: list[int] | None, dpi: int, max_pages: int = 200) -> list:
+def read_pages(path: str, pages: list[int] | None, dpi: int, max_pages: int = MAX_DOCUMENT_PAGES) -> list:
     """(page number, RGB image) for the pages of one file; any problem is one InvoiceVLMError naming it."""
     from .infer import files as fio
 
@@ -402,7 +402,7 @@ def _check_resources(ray, cfg: PredictJobConfig) -> None:
 
 
 def render_file(row: dict[str, Any], pages: list[int] | None, dpi: int,
-                max_pages: int = 200) -> list[dict[str, Any]]:
+                max_pages: int = MAX_DOCUMENT_PAGES) -> list[dict[str, Any]]:
     """A Ray Data ``flat_map`` step: one file -> a row per page, or one error row. An image travels as its own
     bytes (the actor decodes it, once, as one process would); a PDF's pages are rendered here and travel as PNG.
     ``count`` (pages of the file) lets the driver tell when a file, and so a shard, is complete."""

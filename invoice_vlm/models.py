@@ -422,11 +422,12 @@ def check_model_folder(folder: Path, trust_remote_code: bool = False) -> None:
     code of its own unless the user asked for it."""
     import json
 
+    parsed = {}
     for name in JSON_FILES:
         f = folder / name
         if f.is_file():
             try:
-                json.loads(f.read_text(encoding="utf-8"))
+                parsed[name] = json.loads(f.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise InvoiceVLMError(f"{f}: not valid JSON ({e}); the model's {name} is damaged") from None
     if not any(folder.glob("*.safetensors")) and not (folder / "adapter_config.json").is_file():
@@ -435,8 +436,7 @@ def check_model_folder(folder: Path, trust_remote_code: bool = False) -> None:
             raise InvoiceVLMError(f"{folder}: only pickle weights here ({', '.join(pickles[:3])}); refused, "
                                   "safetensors only: a pickle file can run code when it is loaded. Convert it "
                                   "where you trust it (model.save_pretrained(..., safe_serialization=True))")
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() \
-        else {}
+    config = parsed.get("config.json", {})
     if isinstance(config, dict) and config.get("auto_map") and not trust_remote_code:
         raise InvoiceVLMError(f"{folder / 'config.json'}: the model asks to run its own code (remote code, "
                               "auto_map); refused unless you trust it and set trust_remote_code (train: --set "

@@ -287,23 +287,22 @@ def create_app(predictor, cfg: ServeConfig | None = None, model_name: str = ""):
         if not given or not secrets.compare_digest(given.encode(), cfg.api_key.encode()):
             raise ApiError(401, "unauthorized", "missing or wrong API key (X-API-Key header or Bearer token)")
 
-    async def read_upload(file: UploadFile) -> bytes:
+    async def read_upload(file: UploadFile, name: str) -> bytes:
         limit = int(cfg.max_upload_mb * 1024 * 1024)
         ctype = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
         if ctype not in ALLOWED_TYPES:
             raise ApiError(415, "unsupported_media_type",
-                           f"{upload_name(file.filename)}: content type {ctype} not accepted (an image or "
-                           "application/pdf)")
+                           f"{name}: content type {ctype} not accepted (an image or application/pdf)")
         data = await file.read(limit + 1)
         if len(data) > limit:
-            raise ApiError(413, "too_large", f"{upload_name(file.filename)}: larger than {cfg.max_upload_mb:g} MB")
+            raise ApiError(413, "too_large", f"{name}: larger than {cfg.max_upload_mb:g} MB")
         return data
 
     async def run(task: str, request: Request, file: UploadFile, preview: bool) -> dict[str, Any]:
         check_key(request)
         t0 = time.perf_counter()
-        data = await read_upload(file)
         name = upload_name(file.filename)
+        data = await read_upload(file, name)
         from .data import is_pdf
 
         if data and not is_pdf(data) and not _looks_like_image(data):

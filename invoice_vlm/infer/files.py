@@ -11,7 +11,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from ..common import InvoiceVLMError
+from ..common import MAX_DOCUMENT_PAGES, InvoiceVLMError
 from ..data import document_pages, is_pdf
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".pdf"}
@@ -41,10 +41,7 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
-MAX_PAGES = 200  # per document: every page of a document is held at once by a job's shard; 0 lifts the limit
-
-
-def plan(path: Path, pages: list[int] | None, max_pages: int = MAX_PAGES) -> Document:
+def plan(path: Path, pages: list[int] | None, max_pages: int = MAX_DOCUMENT_PAGES) -> Document:
     """How many pages ``path`` will give, reading no more than the PDF's page table or the image's headers."""
     with open(path, "rb") as f:
         head = f.read(1024)

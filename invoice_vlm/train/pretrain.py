@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..common import InvoiceVLMError, build_config, environment_info, staged_dir, write_json
+from ..common import complete_checkpoints as checkpoints  # written to the end: trainer_state.json last
 from ..models import RowModelConfig
 
 CKPT = "checkpoint-"
@@ -110,12 +111,6 @@ def lr_at(cfg: PretrainConfig, step: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    found = [p for p in run_dir.glob(f"{CKPT}*") if p.is_dir() and p.name[len(CKPT):].isdigit()
-             and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CKPT):]))
-
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out = {}
