@@ -148,7 +148,10 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, head, opt, histo
 # ------------------------------------------------------------------------------------------- data
 
 def _bank_path(run_dir: Path, data: str, split: str, unit) -> Path:
-    key = hashlib.sha1(f"{Path(data).resolve()}|{split}|{json.dumps(unit.to_dict(), sort_keys=True)}".encode())
+    from ..rows import SEGMENTER_VERSION
+
+    key = hashlib.sha1(f"{Path(data).resolve()}|{split}|{json.dumps(unit.to_dict(), sort_keys=True)}"
+                       f"|{SEGMENTER_VERSION}".encode())
     return run_dir / "banks" / f"{Path(data).name}-{split}-{key.hexdigest()[:8]}.npz"
 
 
