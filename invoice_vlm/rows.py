@@ -46,7 +46,7 @@ class ReadingUnit:
 
 
 # Bumped whenever segment() cuts rows differently: cached training rows (pretraining's row banks) are keyed by it.
-SEGMENTER_VERSION = 2
+SEGMENTER_VERSION = 3
 
 
 def _otsu(gray: np.ndarray) -> float:
@@ -74,7 +74,12 @@ def _long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
 
 
 def ink_mask(gray: np.ndarray) -> np.ndarray:
-    """Dark pixels: below Otsu's threshold, kept between 90 and 200 so a blank page or a light background band
+    """The ink of a page (see :func:`_ink`)."""
+    return _ink(gray)[1]
+
+
+def _ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dark ink, ink). Dark pixels: below Otsu's threshold, kept between 90 and 200 so a blank page or a light background band
     (zebra tables, coloured header bands) is not read as ink; then grown into light pixels (below 225) within 2 px
     of that ink. Thin or grey type at 100 dpi is mostly anti-aliased grey: without the growth its glyphs fall apart
     into specks, which the dust filter drops and which cut rows short (0.5% of test rows lost, 6.6% cut at an end;
@@ -90,15 +95,15 @@ def ink_mask(gray: np.ndarray) -> np.ndarray:
     a, b = g[:, :-1], g[:, 1:]
     on_paper = (np.abs(a - paper) <= 25) & (np.abs(b - paper) <= 25)
     if on_paper.any() and (np.abs(a - b)[on_paper] >= 3).mean() > 0.02:
-        return core
-    return core | ((gray < min(225, paper - 30)) & maximum_filter(core, size=5, mode="constant"))
+        return core, core
+    return core, core | ((gray < min(225, paper - 30)) & maximum_filter(core, size=5, mode="constant"))
 
 
 def text_mask(gray: np.ndarray) -> np.ndarray:
     """Ink without rules, borders and components much taller than text."""
     from scipy.ndimage import find_objects, label
 
-    ink = ink_mask(gray)
+    dark, ink = _ink(gray)
     h, w = ink.shape
     lines = _long_runs(ink, max(24, w // 25), axis=1) | _long_runs(ink, max(20, h // 40), axis=0)
     text = ink & ~lines
@@ -108,7 +113,8 @@ def text_mask(gray: np.ndarray) -> np.ndarray:
     from scipy.ndimage import maximum_filter, uniform_filter
 
     size = max(30, w // 17)
-    dense = uniform_filter(text.astype(np.float32), size=size, mode="constant") > 0.35
+    # (measured on the dark ink: grown anti-aliasing would make bold headings that dense)
+    dense = uniform_filter((dark & ~lines).astype(np.float32), size=size, mode="constant") > 0.35
     if dense.any():
         text &= ~maximum_filter(dense, size=int(1.6 * size), mode="constant")  # out to the edges
     labels, n = label(text, structure=np.ones((3, 3), bool))
