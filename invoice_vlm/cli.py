@@ -470,6 +470,8 @@ def export(
     name: Optional[str] = typer.Option(None, help="model name in the card, e.g. the repo id (default: the folder "
                                                   "name)"),
     card: Optional[Path] = typer.Option(None, help="Markdown file with the card's description"),
+    average: Optional[list[Path]] = typer.Option(None, "--average", help="a further checkpoint of the same model "
+                                                                           "whose weights are averaged in (repeatable)"),
 ) -> None:
     """Export a trained model as a folder plain transformers (or PEFT) loads: safetensors, processor, model card."""
     from . import hub
@@ -478,7 +480,8 @@ def export(
         if card and not card.is_file():
             raise InvoiceVLMError(f"{card}: card file not found")
         body = card.read_text(encoding="utf-8") if card else ""
-        path = hub.export(model, out_dir, dtype, evals, name, body, merge_lora=merge_lora, adapter_only=adapter_only)
+        path = hub.export(model, out_dir, dtype, evals, name, body, merge_lora=merge_lora, adapter_only=adapter_only,
+                          average=average)
         out.print(f"wrote {path}")
 
     _guard(go)

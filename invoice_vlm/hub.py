@@ -315,15 +315,46 @@ def usage_snippet(card: str) -> str:
 
 # --- export -----------------------------------------------------------------------------------------------------
 
+def average_weights(model, others: list[Path]) -> None:
+    """Set ``model``'s weights to the mean of its own and those of ``others``, checkpoints of the same model later in
+    one run (the mean of the last few is usually a little better than the last alone). Each is loaded as transformers
+    loads it, so saved names and tied weights are its business."""
+    from .models import load
+
+    own = model.state_dict()
+    total = {k: v.detach().float().clone() for k, v in own.items() if v.is_floating_point()}
+    for folder in others:
+        theirs = load(str(folder))[0].state_dict()
+        if theirs.keys() != own.keys():
+            odd = sorted(theirs.keys() ^ own.keys())[0]
+            raise InvoiceVLMError(f"{folder}: not the same model (weight {odd!r} in one only)")
+        for k in total:
+            if theirs[k].shape != total[k].shape:
+                raise InvoiceVLMError(f"{folder}: {k} has shape {tuple(theirs[k].shape)}, not {tuple(total[k].shape)}")
+            total[k] += theirs[k].float()
+    n = len(others) + 1
+    model.load_state_dict({k: (v / n).to(own[k].dtype) for k, v in total.items()}, strict=False)
+
+
 def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str | Path] | None = None,
-           name: str | None = None, body: str = "", merge_lora: bool = False, adapter_only: bool = False) -> Path:
+           name: str | None = None, body: str = "", merge_lora: bool = False, adapter_only: bool = False,
+           average: list[str | Path] | None = None) -> Path:
     """Write ``model`` to ``out``: a full model in ``dtype`` (a LoRA adapter merged into its base with
-    ``merge_lora``), or with ``adapter_only`` the PEFT adapter alone; processor, model card and export.json."""
+    ``merge_lora``), or with ``adapter_only`` the PEFT adapter alone; processor, model card and export.json.
+    ``average``: further checkpoints of the same model whose weights are averaged with ``model``'s."""
     from .models import count_parameters, load
 
     dtype = dtype_name(dtype)
     if merge_lora and adapter_only:
         raise InvoiceVLMError("export: --merge-lora and --adapter-only exclude each other")
+    if average and (merge_lora or adapter_only):
+        raise InvoiceVLMError("export: --average takes full models, not adapters")
+    others = []
+    for a in average or []:
+        kind, folder = resolve_source(str(a), want_adapter=False)
+        if kind != "model" or folder is None:
+            raise InvoiceVLMError(f"{a}: --average takes model folders or checkpoints")
+        others.append(folder)
     out = Path(out)
     eval_rows = [read_eval(Path(e)) for e in evals or []]  # read first: a bad folder fails before any writing
     kind, folder = resolve_source(model, want_adapter=merge_lora or adapter_only)
@@ -357,6 +388,9 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
                         weights_file="adapter_model.safetensors")
         else:
             m, processor = _load_merged(folder, base_name) if merge_lora else load(str(folder) if folder else model)
+            if others:
+                average_weights(m, others)
+                info["averaged_with"] = [str(o) for o in others]
             m.to(DTYPES[dtype])
             m.save_pretrained(stage, safe_serialization=True)
             processor.save_pretrained(stage)

@@ -57,6 +57,29 @@ def test_export_refuses_a_folder_without_metrics(tiny_model, tmp_path):
     assert not (tmp_path / "release").exists()
 
 
+def test_export_averages_checkpoints_and_refuses_another_model(tiny_model, tiny_model_pg2, tmp_path):
+    """--average: the exported weights are the mean of the checkpoints' (tied weights stay tied); a checkpoint of
+    another model is refused in one line before anything is written."""
+    a, processor = load(tiny_model)
+    b, _ = load(tiny_model)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn_like(p))
+    b.save_pretrained(tmp_path / "later", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "later")
+    out = hub.export(str(tiny_model), tmp_path / "avg", "fp32", average=[tmp_path / "later"])
+    m, _ = load(out)
+    pa, pb, pm = dict(a.named_parameters()), dict(b.named_parameters()), dict(m.named_parameters())
+    assert max(((pa[k] + pb[k]) / 2 - pm[k]).abs().max().item() for k in pm) < 1e-6
+    emb, head = m.get_input_embeddings().weight, m.get_output_embeddings().weight
+    if m.config.get_text_config().tie_word_embeddings:
+        assert torch.equal(emb, head)
+    assert json.loads((out / "export.json").read_text())["averaged_with"] == [str(tmp_path / "later")]
+    with pytest.raises(InvoiceVLMError, match="not the same model"):
+        hub.export(str(tiny_model), tmp_path / "bad", "fp32", average=[tiny_model_pg2])
+    assert not (tmp_path / "bad").exists()
+
+
 # --- export of a LoRA run: merged, adapter-only, plain transformers in a fresh process ------------------------------
 
 @pytest.fixture(scope="module")
