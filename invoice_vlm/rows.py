@@ -75,35 +75,42 @@ def _long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
 
 def ink_mask(gray: np.ndarray) -> np.ndarray:
     """The ink of a page (see :func:`_ink`)."""
-    return _ink(gray)[1]
+    return _ink(gray, noisy_paper(gray))[1]
 
 
-def _ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(dark ink, ink). Dark pixels: below Otsu's threshold, kept between 90 and 200 so a blank page or a light background band
-    (zebra tables, coloured header bands) is not read as ink; then grown into light pixels (below 225) within 2 px
-    of that ink. Thin or grey type at 100 dpi is mostly anti-aliased grey: without the growth its glyphs fall apart
-    into specks, which the dust filter drops and which cut rows short (0.5% of test rows lost, 6.6% cut at an end;
-    1.2% with it: docs/embedded-model.md). The growth stays next to dark ink, so a light band is still no ink."""
-    from scipy.ndimage import maximum_filter
-
-    core = gray < min(200.0, max(90.0, _otsu(gray)))
+def noisy_paper(gray: np.ndarray) -> bool:
+    """Whether the paper is noise (a scan) rather than one grey level (a render): more than 2% of neighbouring
+    paper pixels differ by 3 levels or more (synthetic test pages: at most 0.9%; `scan` preset pages: at least
+    4.3%). Scans get their own treatment in a few places below; rendered pages are cut as the model was trained."""
     paper = int(np.argmax(np.bincount(gray.ravel(), minlength=256)))
-    # Rendered paper is one grey level; a scan's is noise, and there the growth would fatten every speck of dust into
-    # a glyph. Noise: neighbours on the paper that differ by 3 levels or more (synthetic test pages: at most 0.9%
-    # of pairs; `scan` preset pages: at least 4.3%).
     g = gray.astype(np.int16)
     a, b = g[:, :-1], g[:, 1:]
     on_paper = (np.abs(a - paper) <= 25) & (np.abs(b - paper) <= 25)
-    if on_paper.any() and (np.abs(a - b)[on_paper] >= 3).mean() > 0.02:
+    return bool(on_paper.any() and (np.abs(a - b)[on_paper] >= 3).mean() > 0.02)
+
+
+def _ink(gray: np.ndarray, noisy: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(dark ink, ink). Dark pixels: below Otsu's threshold, kept between 90 and 200 so a blank page or a light
+    background band (zebra tables, coloured header bands) is not read as ink; on rendered paper then grown into
+    light pixels (below 225) within 2 px of that ink. Thin or grey type at 100 dpi is mostly anti-aliased grey:
+    without the growth its glyphs fall apart into specks, which the dust filter drops and which cut rows short
+    (docs/embedded-model.md). The growth stays next to dark ink, so a light band is still no ink. On a scan's noisy
+    paper it would fatten every speck of dust into a glyph, so there the ink is the dark pixels alone."""
+    from scipy.ndimage import maximum_filter
+
+    core = gray < min(200.0, max(90.0, _otsu(gray)))
+    if noisy:
         return core, core
+    paper = int(np.argmax(np.bincount(gray.ravel(), minlength=256)))
     return core, core | ((gray < min(225, paper - 30)) & maximum_filter(core, size=5, mode="constant"))
 
 
-def text_mask(gray: np.ndarray) -> np.ndarray:
+def text_mask(gray: np.ndarray, noisy: bool | None = None) -> np.ndarray:
     """Ink without rules, borders and components much taller than text."""
     from scipy.ndimage import find_objects, label
 
-    dark, ink = _ink(gray)
+    noisy = noisy_paper(gray) if noisy is None else noisy
+    dark, ink = _ink(gray, noisy)
     h, w = ink.shape
     lines = _long_runs(ink, max(24, w // 25), axis=1) | _long_runs(ink, max(20, h // 40), axis=0)
     text = ink & ~lines
@@ -115,6 +122,13 @@ def text_mask(gray: np.ndarray) -> np.ndarray:
     size = max(30, w // 17)
     # (measured on the dark ink: grown anti-aliasing would make bold headings that dense)
     dense = uniform_filter((dark & ~lines).astype(np.float32), size=size, mode="constant") > 0.35
+    if dense.any() and noisy:
+        # A scan's blur makes a block of bold type that dense too, in a band no taller than a few rows; a QR code's
+        # dense area is as tall as it is wide. Without this, scans lost whole paragraphs next to bold headings.
+        blobs, _ = label(dense)
+        for i, (ys, xs) in enumerate(find_objects(blobs), 1):
+            if ys.stop - ys.start < size // 2 or xs.stop - xs.start < size // 2:
+                dense[ys, xs] &= blobs[ys, xs] != i
     if dense.any():
         text &= ~maximum_filter(dense, size=int(1.6 * size), mode="constant")  # out to the edges
     labels, n = label(text, structure=np.ones((3, 3), bool))
@@ -155,11 +169,30 @@ def _bands(profile: np.ndarray) -> list[list[int]]:
     return [[int(a), int(b)] for a, b in zip(starts, stops)]
 
 
+def _text_lines(text: np.ndarray) -> np.ndarray:
+    """Pixel rows that hold a run of text: ink smeared across gaps of 1.5 glyph heights (letters and words join)
+    with a run of 3 glyph heights or more. On a scan, dust and the broken remains of table borders fill the gaps
+    between rows with a few pixels of ink each and joined whole tables into one band; they make no such run."""
+    from scipy.ndimage import binary_closing, find_objects, label, uniform_filter1d
+
+    labels, n = label(text, structure=np.ones((3, 3), bool))
+    spans = [(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in find_objects(labels)]
+    glyphs = [h for h, w in spans if h >= 4 and w <= 4 * h]
+    glyph = float(np.median(glyphs)) if glyphs else 8.0
+    smeared = binary_closing(text, structure=np.ones((1, max(3, round(1.5 * glyph))), bool))
+    run = max(4, round(3 * glyph))
+    return (uniform_filter1d(smeared.astype(np.float32), run, axis=1, mode="constant") > 1 - 0.5 / run).any(axis=1)
+
+
 def segment(image: Image.Image) -> list[Box]:
     """Text rows of a page, top to bottom, as boxes around their ink with a margin."""
     gray = np.asarray(image.convert("L"))
-    text = text_mask(gray)
-    bands = _bands(text.sum(axis=1))
+    noisy = noisy_paper(gray)
+    text = text_mask(gray, noisy)
+    profile = text.sum(axis=1)
+    if noisy:
+        profile = profile * _text_lines(text)
+    bands = _bands(profile)
     if not bands:
         return []
     # a row's typical height, from bands that hold at least two glyphs' worth of ink (not dust)
