@@ -256,7 +256,9 @@ def model_card(name: str, info: dict[str, Any], evals: list[dict[str, Any]], bod
               "## Model", "",
               f"- architecture: `{info['architecture']}` ({info['parameters'] / 1e6:.1f}M parameters)",
               f"- weights: `{info['weights_file']}`, {info['dtype']}, {info['weights_mb']:.1f} MB",
-              f"- exported from: `{info['source']}`" + (" (LoRA merged into its base)" if info.get("merged") else ""),
+              f"- exported from: `{info['source']}`" + (" (LoRA merged into its base)" if info.get("merged") else "")
+              + (f", its weights averaged with {', '.join(f'`{p}`' for p in info['averaged_with'])}"
+                 if info.get("averaged_with") else ""),
               ""]
     if reading:
         lines[-1:-1] = [f"- reading unit: one text row, scaled to {reading['height']} px high (widths up to "

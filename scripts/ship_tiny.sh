@@ -4,6 +4,7 @@
 #   bash scripts/ship_tiny.sh [runs/invoice-vlm-tiny/checkpoint-N]      (default: the run's model/, else the newest
 #                                                                       checkpoint)
 # LIMIT=N measures on the first N pages of each set only (quick looks; the card says how many pages).
+# AVERAGE="DIR ..." averages those checkpoints' weights in (export --average), e.g. the run's previous checkpoint.
 set -euo pipefail
 RUN=${RUN:-runs/invoice-vlm-tiny}
 if [ $# -ge 1 ]; then CKPT=$1
@@ -12,13 +13,15 @@ else CKPT=$(ls -d $RUN/checkpoint-* | sort -t- -k3 -n | tail -1); fi
 LIMIT=${LIMIT:-0}
 BIN=.venv/bin
 STAGE=$RUN/ship
-EVALS=$RUN/evals/$(basename "$CKPT")
+EVALS=$RUN/evals/$(basename "$CKPT")${AVERAGE:+-avg}   # a rerun reuses finished evaluations: delete this folder after changing the code
 L=classic,banner,header_band,letter,right_vendor,boxed,minimal,remittance,timesheet,two_party
 LOC=en_US,en_GB,de_DE,fr_FR,es_ES,it_IT
 echo "checkpoint: $CKPT  ->  $EVALS"
 rm -rf "$STAGE"
+AVG_FLAGS=()
+for a in ${AVERAGE:-}; do AVG_FLAGS+=(--average "$a"); done
 $BIN/invoice-vlm export --model "$CKPT" --out "$STAGE" --dtype bf16 --name invoice-vlm-tiny \
-    --card configs/tiny/invoice-vlm-tiny.md
+    --card configs/tiny/invoice-vlm-tiny.md "${AVG_FLAGS[@]}"
 ev() { # name, then eval flags: every figure is of the exported bf16 weights
   local name=$1; shift
   [ -f "$EVALS/$name/metrics.json" ] || $BIN/invoice-vlm eval --model "$STAGE" --limit "$LIMIT" --out "$EVALS/$name" "$@"
@@ -30,6 +33,7 @@ ev real-invoices --data ../shared/data/real-invoices/manifest.jsonl
 [ -f data/pretrain-scan/dataset.json ] || $BIN/invoice-vlm synth --out data/pretrain-scan --n 300 --seed 3 \
     --split test=1 --workers 2 --dpi 100 --augment scan --layouts $L --locales $LOC
 ev synth-test-scan --data data/pretrain-scan --split test
-$BIN/invoice-vlm export --model "$STAGE" --out models/invoice-vlm-tiny --dtype bf16 --name invoice-vlm-tiny \
+# from the checkpoint again (the same bf16 bytes as $STAGE), so that the card says where the weights came from
+$BIN/invoice-vlm export --model "$CKPT" "${AVG_FLAGS[@]}" --out models/invoice-vlm-tiny --dtype bf16 --name invoice-vlm-tiny \
     --card configs/tiny/invoice-vlm-tiny.md --eval "$EVALS/synth-test-ocr" --eval "$EVALS/real-invoices" \
     --eval "$EVALS/synth-test-scan"

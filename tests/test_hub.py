@@ -75,6 +75,7 @@ def test_export_averages_checkpoints_and_refuses_another_model(tiny_model, tiny_
     if m.config.get_text_config().tie_word_embeddings:
         assert torch.equal(emb, head)
     assert json.loads((out / "export.json").read_text())["averaged_with"] == [str(tmp_path / "later")]
+    assert f"averaged with `{tmp_path / 'later'}`" in (out / "README.md").read_text()
     with pytest.raises(InvoiceVLMError, match="not the same model"):
         hub.export(str(tiny_model), tmp_path / "bad", "fp32", average=[tiny_model_pg2])
     assert not (tmp_path / "bad").exists()
