@@ -470,8 +470,8 @@ def export(
     name: Optional[str] = typer.Option(None, help="model name in the card, e.g. the repo id (default: the folder "
                                                   "name)"),
     card: Optional[Path] = typer.Option(None, help="Markdown file with the card's description"),
-    average: Optional[list[Path]] = typer.Option(None, "--average", help="a further checkpoint of the same model "
-                                                                           "whose weights are averaged in (repeatable)"),
+    average: Optional[list[Path]] = typer.Option(
+        None, "--average", help="a further checkpoint of the same model whose weights are averaged in (repeatable)"),
 ) -> None:
     """Export a trained model as a folder plain transformers (or PEFT) loads: safetensors, processor, model card."""
     from . import hub

@@ -175,7 +175,7 @@ def _text_lines(text: np.ndarray) -> np.ndarray:
     between rows with a few pixels of ink each and joined whole tables into one band; they make no such run."""
     from scipy.ndimage import binary_closing, find_objects, label, uniform_filter1d
 
-    labels, n = label(text, structure=np.ones((3, 3), bool))
+    labels, _ = label(text, structure=np.ones((3, 3), bool))
     spans = [(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in find_objects(labels)]
     glyphs = [h for h, w in spans if h >= 4 and w <= 4 * h]
     glyph = float(np.median(glyphs)) if glyphs else 8.0

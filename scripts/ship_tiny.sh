@@ -13,7 +13,8 @@ else CKPT=$(ls -d $RUN/checkpoint-* | sort -t- -k3 -n | tail -1); fi
 LIMIT=${LIMIT:-0}
 BIN=.venv/bin
 STAGE=$RUN/ship
-EVALS=$RUN/evals/$(basename "$CKPT")${AVERAGE:+-avg}   # a rerun reuses finished evaluations: delete this folder after changing the code
+# a rerun reuses finished evaluations: delete this folder after changing the code
+EVALS=$RUN/evals/$(basename "$CKPT")${AVERAGE:+-avg}
 L=classic,banner,header_band,letter,right_vendor,boxed,minimal,remittance,timesheet,two_party
 LOC=en_US,en_GB,de_DE,fr_FR,es_ES,it_IT
 echo "checkpoint: $CKPT  ->  $EVALS"
@@ -34,6 +35,7 @@ ev real-invoices --data ../shared/data/real-invoices/manifest.jsonl
     --split test=1 --workers 2 --dpi 100 --augment scan --layouts $L --locales $LOC
 ev synth-test-scan --data data/pretrain-scan --split test
 # from the checkpoint again (the same bf16 bytes as $STAGE), so that the card says where the weights came from
-$BIN/invoice-vlm export --model "$CKPT" "${AVG_FLAGS[@]}" --out models/invoice-vlm-tiny --dtype bf16 --name invoice-vlm-tiny \
+$BIN/invoice-vlm export --model "$CKPT" "${AVG_FLAGS[@]}" --out models/invoice-vlm-tiny --dtype bf16 \
+    --name invoice-vlm-tiny \
     --card configs/tiny/invoice-vlm-tiny.md --eval "$EVALS/synth-test-ocr" --eval "$EVALS/real-invoices" \
     --eval "$EVALS/synth-test-scan"

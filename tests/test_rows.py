@@ -92,7 +92,8 @@ def scan_pages(tmp_path_factory):
 def test_segmenter_on_scans_finds_rows_not_dust_or_whole_tables(scan_pages):
     """On a scan's noisy paper, dust and broken table borders must not join rows into tall bands, and blurred bold
     type must not be taken for a QR code (session 13, 40 `scan` pages: boxes per page off the line count by 10.0 on
-    average, 68 boxes over 2.5 row heights tall, before; 4.4 and 4 after; these 9 pages: 28 tall boxes before, 2 after)."""
+    average, 68 boxes over 2.5 row heights tall, before; 4.4 and 4 after. These 9 pages: 28 tall ones before, 2
+    after)."""
     off, tall = [], 0
     for s in scan_pages:
         boxes = segment(deskew(Image.open(s.image)))
