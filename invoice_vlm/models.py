@@ -243,6 +243,39 @@ def build_row_model(cfg: RowModelConfig, tokenizer):
     return model
 
 
+def row_model_inputs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The decoder's inputs for a batch of rows (``rowdata.row_batch``), such that a row reads the same whatever its
+    batch: the tower sees each row at its own width (rows of one width share a call; a convolution near a row's
+    right edge would otherwise see the white padding of a wider neighbour), the image tokens of padded columns are
+    kept out of attention, and positions count only the tokens attended to. Returns the image tokens
+    (batch, cells, hidden; zero where padded: the CTC head reads them) and ``inputs_embeds``, ``attention_mask``,
+    ``position_ids`` (and ``labels`` when the batch has them) for the model's forward or ``generate``."""
+    from .rows import ReadingUnit
+
+    pixels, ids, columns = batch["pixel_values"], batch["input_ids"], batch["image_columns"]
+    unit = ReadingUnit.from_config(model.config)
+    n, per_col, cols = len(ids), pixels.shape[2] // unit.multiple, pixels.shape[3] // unit.multiple
+    hidden = model.config.text_config.hidden_size
+    tokens = None
+    for c in torch.unique(columns).tolist():
+        idx = torch.nonzero(columns == c).flatten()
+        feats = model.model.get_image_features(pixel_values=pixels[idx, :, :, :c * unit.multiple]).pooler_output
+        if tokens is None:
+            tokens = feats.new_zeros(n, per_col, cols, hidden)
+        tokens[idx, :, :c] = feats.view(len(idx), per_col, c, hidden)
+    tokens = tokens.view(n, per_col * cols, hidden)
+    is_image = ids.eq(model.config.image_token_id)
+    embeds = model.get_input_embeddings()(ids).masked_scatter(is_image[..., None], tokens.to(model.dtype))
+    padded = (torch.arange(cols, device=ids.device)[None, :] >= columns.to(ids.device)[:, None]).repeat(1, per_col)
+    mask = batch["attention_mask"].clone()
+    mask[is_image] = (~padded).to(mask.dtype).flatten()
+    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    out = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+    if "labels" in batch:
+        out["labels"] = batch["labels"]
+    return tokens, out
+
+
 def create_row_model(out: str | Path, cfg: RowModelConfig | None = None) -> Path:
     """A random row reader (FastVLM architecture) with its character tokenizer and processor, saved like a hub
     checkpoint; ``config.json`` records the reading unit."""

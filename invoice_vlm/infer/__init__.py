@@ -156,6 +156,7 @@ class Predictor:
     @torch.inference_mode()
     def read_rows(self, rows: list[np.ndarray]) -> list[str]:
         """Greedy transcriptions of row images (uint8, the unit's height), widest first in batches."""
+        from ..models import row_model_inputs
         from ..train.rowdata import row_batch
 
         tok = self.processor.tokenizer
@@ -167,20 +168,24 @@ class Predictor:
         try:
             for i in range(0, len(order), self.row_batch_size):
                 chunk = order[i:i + self.row_batch_size]
-                inputs = row_batch([rows[j] for j in chunk], None, tok, self.unit, self.model.config.image_token_index)
-                inputs.pop("image_columns")
-                inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-                # a character is at least a sixth of the row's height wide: the longest text a row can hold
-                budget = min(self.max_new_tokens, rows[chunk[0]].shape[1] * 6 // self.unit.height + 8)
+                batch = row_batch([rows[j] for j in chunk], None, tok, self.unit, self.model.config.image_token_index)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                batch["pixel_values"] = batch["pixel_values"].to(dtype)
+                _, inputs = row_model_inputs(self.model, batch)
+                # a character is at least a sixth of the row's height wide: the longest text a row can hold; each
+                # row keeps to its own budget, so a wider neighbour does not let it run on
+                budgets = [min(self.max_new_tokens, rows[j].shape[1] * 6 // self.unit.height + 8) for j in chunk]
                 t0 = time.perf_counter()
-                gen = self.model.generate(**inputs, max_new_tokens=budget, do_sample=False, use_cache=True,
+                new = self.model.generate(**inputs, max_new_tokens=max(budgets), do_sample=False, use_cache=True,
                                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
                 self.stats["generate_seconds"] += time.perf_counter() - t0
                 self.stats["batches"] += 1
-                new = gen[:, inputs["input_ids"].shape[1]:]
-                self.stats["new_tokens"] += int((new != tok.pad_token_id).sum())
-                out.update(zip(chunk, (t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))))
+                texts = []
+                for k, budget in enumerate(budgets):
+                    ids = new[k, :budget]
+                    self.stats["new_tokens"] += int((ids != tok.pad_token_id).sum())
+                    texts.append(tok.decode(ids, skip_special_tokens=True).strip())
+                out.update(zip(chunk, texts))
         finally:
             if was_training:
                 self.model.train()

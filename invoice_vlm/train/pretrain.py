@@ -71,6 +71,7 @@ class PretrainConfig:
     time_budget: float = 0.0  # seconds for this invocation (0: none); it ends with a checkpoint
     threads: int = 0  # torch threads (0: all cores)
     workers: int = 2  # processes that cut the pages into rows (once per dataset, cached in the run folder)
+    freeze_batchnorm: bool = True  # keep the tower's BatchNorm statistics (rows are encoded a width at a time)
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -193,17 +194,6 @@ def eval_set(cfg: PretrainConfig, bank, unit, chars: str) -> dict[str, tuple[lis
 
 # ------------------------------------------------------------------------------------------- model parts
 
-class ImageTokens:
-    """Keeps the projector's output (the image tokens the decoder sees) from the forward pass, for the CTC head."""
-
-    def __init__(self, model):
-        self.value = None
-        model.model.multi_modal_projector.register_forward_hook(self._keep)
-
-    def _keep(self, module, args, output):
-        self.value = output
-
-
 def ctc_logits(head, tokens: torch.Tensor, rows: int, frames: int) -> torch.Tensor:
     """(B, rows * cols, D) image tokens -> (B, cols * frames, V + 1): each column's cells side by side, then one
     linear map to ``frames`` frames of CTC logits."""
@@ -225,7 +215,7 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     from safetensors.torch import load_file
     from transformers import AutoProcessor, FastVlmForConditionalGeneration
 
-    from ..models import build_char_tokenizer, build_row_model, build_row_processor
+    from ..models import build_char_tokenizer, build_row_model, build_row_processor, row_model_inputs
     from ..rows import ReadingUnit
     from .rowdata import RowSampler, chars_of, greedy_ctc, row_batch
 
@@ -278,9 +268,12 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     bank = load_banks(cfg, cfg.split, unit, progress)
     evals = eval_set(cfg, load_banks(cfg, cfg.eval_split, unit, progress), unit, chars)
     sampler = RowSampler(bank, unit, chars, cfg.seed)
-    tokens = ImageTokens(model)
     blank = vocab
     model.train()
+    if cfg.freeze_batchnorm:  # the tower sees rows a width at a time (models.row_model_inputs): groups are too
+        for m in model.modules():  # small and uneven for batch statistics, so the learned ones are kept
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
     log = open(run_dir / "log.jsonl", "a", encoding="utf-8")
     t_start = time.monotonic()
     recent: list[dict[str, float]] = []
@@ -300,11 +293,13 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
             point[f"{key}_exact"] = round(sum(a == b for a, b in zip(texts, hyp)) / len(texts), 4)
             if cfg.ctc_weight:
                 with torch.no_grad():
+                    was = {m: m.training for m in model.modules()}
                     model.eval()
                     inputs = row_batch(rows, None, tokenizer, unit, model.config.image_token_index)
-                    model.model.get_image_features(pixel_values=inputs["pixel_values"])
-                    lp = ctc_logits(head, tokens.value, rows_per_column, cfg.ctc_frames)
-                    model.train()
+                    image_tokens, _ = row_model_inputs(model, inputs)
+                    lp = ctc_logits(head, image_tokens, rows_per_column, cfg.ctc_frames)
+                    for m, training in was.items():
+                        m.training = training
                 ids = greedy_ctc(lp, inputs["image_columns"] * cfg.ctc_frames, blank)
                 point[f"{key}_ctc_cer"] = round(_cer(texts, tokenizer.batch_decode(ids)), 4)
         return point
@@ -325,15 +320,15 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
             t0 = time.monotonic()
             rows, texts = sampler.batch(step, cfg.batch_size, cfg.strings_at(step), cfg.degrade)
             inputs = row_batch(rows, texts, tokenizer, unit, model.config.image_token_index)
-            columns, ctc_targets, ctc_lengths = (inputs.pop(k) for k in ("image_columns", "ctc_targets",
-                                                                        "ctc_lengths"))
+            columns, ctc_targets, ctc_lengths = (inputs[k] for k in ("image_columns", "ctc_targets", "ctc_lengths"))
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            out = model(**inputs)
+            image_tokens, model_inputs = row_model_inputs(model, inputs)
+            out = model(**model_inputs)
             loss = out.loss
             entry = {"loss": float(out.loss.detach())}
             if cfg.ctc_weight:
-                lp = ctc_logits(head, tokens.value, rows_per_column, cfg.ctc_frames).log_softmax(-1)
+                lp = ctc_logits(head, image_tokens, rows_per_column, cfg.ctc_frames).log_softmax(-1)
                 ctc = torch.nn.functional.ctc_loss(lp.transpose(0, 1), ctc_targets, columns * cfg.ctc_frames,
                                                    ctc_lengths, blank=blank, zero_infinity=True)
                 loss = loss + cfg.ctc_weight * ctc
