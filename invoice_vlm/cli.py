@@ -257,6 +257,41 @@ def pretrain(
     _guard(go)
 
 
+@app.command("pdf-bank")
+def pdf_bank(
+    pdfs: Path = typer.Option(..., help="folder of born-digital PDFs (recursive); its sources.jsonl names sources"),
+    out_path: Path = typer.Option(Path("data/pdf-bank.npz"), "--out", help="row bank to write (.npz; a .json "
+                                                                          "beside it lists sources and licences)"),
+    model: str = typer.Option("invoice-vlm-tiny", help="the row model whose reading unit and characters to use"),
+    exclude: Optional[list[Path]] = typer.Option(None, help="folder of evaluation documents: PDFs with the same "
+                                                          "content are never used (repeatable)"),
+    pages_per_pdf: int = typer.Option(6, help="pages drawn from each PDF"),
+    max_pages: int = typer.Option(30000, help="pages in all"),
+    rows_per_page: int = typer.Option(40, help="rows kept from a page at most (drawn at random)"),
+    workers: int = typer.Option(2, help="processes"),
+    seed: int = typer.Option(0, help="random seed (pages, resolutions, rows)"),
+) -> None:
+    """Cut the text rows of real PDFs into a pretraining row bank: labels from the text layer, crops as the
+    segmenter cuts them; untrustworthy rows (invisible, rotated, unmapped, overlapping, inkless) left out."""
+    from .models import load, reading_unit_of, resolve_model
+    from .train.rowdata import PdfBankConfig, build_pdf_bank, chars_of
+
+    def go():
+        path = resolve_model(model, Path("runs"))
+        unit = reading_unit_of(path)
+        if unit is None:
+            raise InvoiceVLMError(f"{model}: not a row model (its config.json records no reading unit)")
+        _, processor = load(path)
+        cfg = PdfBankConfig(pdfs=str(pdfs), out=str(out_path), exclude=[str(e) for e in exclude or []],
+                            pages_per_pdf=pages_per_pdf, max_pages=max_pages, rows_per_page=rows_per_page,
+                            workers=workers, seed=seed)
+        summary = build_pdf_bank(cfg, unit, chars_of(processor.tokenizer), say=err.print)
+        out.print(f"wrote {out_path}: {summary['rows']} rows ({summary['held_out_rows']} held out) from "
+                  f"{summary['pages']} pages of {summary['pdfs']} PDFs; left out: {summary['left_out']}")
+
+    _guard(go)
+
+
 @app.command("eval")
 def eval_(
     data: str = typer.Option(..., help="dataset folder, or a manifest .jsonl (PDF pages rendered at --dpi)"),

@@ -20,6 +20,7 @@ by one space, rows by a newline. Every stage reads and writes :class:`Sample`.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -375,13 +376,55 @@ def document_pages(data: bytes, name: str, pages: list[int] | None = None, dpi: 
         pdf.close()
 
 
+def _pdf_chars(tp) -> list[PdfChar]:
+    """Every character pdfium reads from a text page (its own guessed spaces and line breaks left out)."""
+    import ctypes
+
+    import pypdfium2.raw as raw
+
+    x, y = ctypes.c_double(), ctypes.c_double()
+    l, r, b, t = (ctypes.c_double() for _ in range(4))
+    chars = []
+    for i in range(tp.count_chars()):
+        if raw.FPDFText_IsGenerated(tp.raw, i):
+            continue
+        ch = chr(raw.FPDFText_GetUnicode(tp.raw, i))
+        if ch in "\r\n\x00":
+            continue
+        raw.FPDFText_GetCharOrigin(tp.raw, i, x, y)
+        raw.FPDFText_GetCharBox(tp.raw, i, l, r, b, t)  # the glyph's own box (left, right, bottom, top)
+        obj = raw.FPDFText_GetTextObject(tp.raw, i)
+        loose = tp.get_charbox(i, loose=True)
+        chars.append(PdfChar(ch, round(y.value, 1), x.value, loose[2], loose,
+                             raw.FPDFText_GetFontSize(tp.raw, i), (l.value, b.value, r.value, t.value),
+                             bool(raw.FPDFText_HasUnicodeMapError(tp.raw, i)),
+                             abs(raw.FPDFText_GetCharAngle(tp.raw, i)) > 1e-3,
+                             bool(obj) and raw.FPDFTextObj_GetTextRenderMode(obj) in (3, 7)))
+    return chars
+
+
+def _row_text(chars: list[PdfChar]) -> str:
+    """One row's characters left to right; a gap wider than a fifth of the type size becomes one space."""
+    out, prev_right = [], None
+    for c in sorted(chars, key=lambda c: c.x):
+        if prev_right is not None and c.x - prev_right > 0.2 * c.size and out and out[-1] != " " and c.ch != " ":
+            out.append(" ")
+        out.append(c.ch)
+        prev_right = c.right if c.ch != " " else max(prev_right or c.right, c.right)
+    return " ".join("".join(out).split())
+
+
+def _baseline_rows(chars: list[PdfChar]) -> list[list[PdfChar]]:
+    rows: dict[float, list[PdfChar]] = {}
+    for c in chars:
+        rows.setdefault(c.baseline, []).append(c)
+    return [rows[base] for base in sorted(rows, reverse=True)]  # PDF y grows upwards
+
+
 def pdf_text(path: str | Path, page: int = 0) -> str:
     """The text layer of one PDF page in reading order: characters grouped into rows by baseline, rows top to
     bottom, each row left to right; a gap wider than a fifth of the type size becomes one space."""
-    import ctypes
-
     import pypdfium2 as pdfium
-    import pypdfium2.raw as raw
 
     path = Path(path)
     try:
@@ -391,33 +434,82 @@ def pdf_text(path: str | Path, page: int = 0) -> str:
     try:
         if not 0 <= page < len(pdf):
             raise InvoiceVLMError(f"{path}: no page {page + 1} (the PDF has {len(pdf)})")
-        tp = pdf[page].get_textpage()
-        x, y = ctypes.c_double(), ctypes.c_double()
-        chars = []  # (baseline, x, right edge, size, char)
-        for i in range(tp.count_chars()):
-            if raw.FPDFText_IsGenerated(tp.raw, i):  # pdfium's guessed spaces and line breaks
-                continue
-            ch = chr(raw.FPDFText_GetUnicode(tp.raw, i))
-            if ch in "\r\n\x00":
-                continue
-            raw.FPDFText_GetCharOrigin(tp.raw, i, x, y)
-            right = tp.get_charbox(i, loose=True)[2]
-            chars.append((round(y.value, 1), x.value, right, raw.FPDFText_GetFontSize(tp.raw, i), ch))
+        chars = _pdf_chars(pdf[page].get_textpage())
     finally:
         pdf.close()
-    rows: dict[float, list] = {}
-    for c in chars:
-        rows.setdefault(c[0], []).append(c)
-    lines = []
-    for base in sorted(rows, reverse=True):  # PDF y grows upwards
-        out, prev_right = [], None
-        for _, cx, right, size, ch in sorted(rows[base], key=lambda c: c[1]):
-            if prev_right is not None and cx - prev_right > 0.2 * size and out and out[-1] != " " and ch != " ":
-                out.append(" ")
-            out.append(ch)
-            prev_right = right if ch != " " else max(prev_right or right, right)
-        lines.append(" ".join("".join(out).split()))
+    lines = [_row_text(row) for row in _baseline_rows(chars)]
     return "\n".join(line for line in lines if line)
+
+
+@dataclass(frozen=True)
+class PdfChar:
+    ch: str
+    baseline: float  # PDF points, y up, rounded to 0.1
+    x: float  # origin
+    right: float  # the loose box's right edge
+    loose: tuple[float, float, float, float]  # the box of the font's full height: left, bottom, right, top
+    size: float  # font size
+    box: tuple[float, float, float, float]  # the glyph's box: left, bottom, right, top (PDF points)
+    unmapped: bool  # the font maps this glyph to no Unicode text (what is read is a guess)
+    rotated: bool
+    invisible: bool  # render mode 3/7: an OCR layer over a scan, not printed text
+
+
+@dataclass(frozen=True)
+class PdfRow:
+    """One row of a PDF page's text layer, as the transcription convention groups it, with its box in PDF points
+    (left, top, right, bottom; y down from the page's top) and why it cannot be trusted as a label ("" if it can)."""
+
+    text: str
+    box: tuple[float, float, float, float]
+    size: float
+    problem: str = ""
+
+
+def pdf_rows(page) -> list[PdfRow]:
+    """The rows of a pdfium page: characters on one baseline form a row (as :func:`pdf_text` groups them); rows
+    whose glyphs overlap vertically are joined when they do not overlap horizontally (one visual row set on two
+    baselines), and marked with a problem when they do (their crops would hold each other's ink). A row is also
+    marked when a glyph is invisible, rotated, or maps to no Unicode text."""
+    _, height = page.get_size()
+    rows = []
+    for chars in _baseline_rows(_pdf_chars(page.get_textpage())):
+        ink = [c for c in chars if not c.ch.isspace() and c.box[2] > c.box[0] and c.box[3] > c.box[1]]
+        if not ink:
+            continue
+        rows.append({"chars": chars, "l": min(c.box[0] for c in ink), "r": max(c.box[2] for c in ink),
+                     "top": height - max(c.box[3] for c in ink), "bottom": height - min(c.box[1] for c in ink),
+                     "lt": height - max(c.loose[3] for c in ink), "lb": height - min(c.loose[1] for c in ink)})
+    rows.sort(key=lambda r: (r["lt"] + r["lb"]) / 2)
+    joined: list[dict] = []
+    for row in rows:
+        prev = joined[-1] if joined else None
+        if prev is not None and min(prev["lb"], row["lb"]) - max(prev["lt"], row["lt"]) > 0.5 * min(
+                prev["lb"] - prev["lt"], row["lb"] - row["lt"]) and not any(
+                c.x < o.right and o.x < c.right for c in row["chars"] for o in prev["chars"]):
+            prev["chars"] = prev["chars"] + row["chars"]
+            for k, f in (("l", min), ("r", max), ("top", min), ("bottom", max), ("lt", min), ("lb", max)):
+                prev[k] = f(prev[k], row[k])
+        else:
+            joined.append(row)
+    out = []
+    for k, row in enumerate(joined):
+        chars = row["chars"]
+        problem = ""
+        if any(c.invisible for c in chars):
+            problem = "invisible text"
+        elif any(c.rotated for c in chars):
+            problem = "rotated text"
+        elif any(c.unmapped or c.ch == "\ufffd" or 0xE000 <= ord(c.ch) <= 0xF8FF for c in chars):
+            problem = "glyphs without Unicode text"
+        else:
+            for other in joined[max(0, k - 3):k] + joined[k + 1:k + 4]:
+                if min(other["bottom"], row["bottom"]) > max(other["top"], row["top"]):
+                    problem = "overlaps another row"
+                    break
+        size = float(statistics.median(c.size for c in chars))
+        out.append(PdfRow(_row_text(chars), (row["l"], row["top"], row["r"], row["bottom"]), size, problem))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ PDFs and manifests

@@ -71,7 +71,7 @@ class Collator:
                                           self.unit).convert("L")) for r in rows]
             batch = row_batch(crops, [r["target"] for r in rows], self.processor.tokenizer, self.unit,
                               self.image_token_id)
-            for key in ("image_columns", "ctc_targets", "ctc_lengths"):
+            for key in ("ctc_targets", "ctc_lengths"):  # image_columns stay: the trainer encodes rows by width
                 batch.pop(key)
             return batch
 

@@ -60,7 +60,8 @@ class PretrainConfig:
     ctc_weight: float = 1.0
     ctc_frames: int = 4  # CTC frames per feature column: a 16 px column holds one or two characters
     degrade: float = 0.5  # share of rows blurred, noised, JPEG-compressed (rowdata.degrade)
-    # curriculum: each stage runs to its `until` step (0: the end) with this share of random strings per batch
+    # curriculum: each stage runs to its `until` step (0: the end) with this share of random strings per batch and
+    # (optional `real`) this share of the other rows taken from the rows of real PDFs (pdf_banks)
     stages: list[dict] = field(default_factory=lambda: [{"until": 1000, "strings": 1.0}, {"until": 0, "strings": 0.3}])
     blank_rows: int = 2  # per page: rows the segmenter finds where the record has no text (target "")
     save_steps: int = 250
@@ -71,6 +72,10 @@ class PretrainConfig:
     time_budget: float = 0.0  # seconds for this invocation (0: none); it ends with a checkpoint
     threads: int = 0  # torch threads (0: all cores)
     workers: int = 2  # processes that cut the pages into rows (once per dataset, cached in the run folder)
+    pdf_banks: list[str] = field(default_factory=list, metadata={
+        "help": "row banks cut from born-digital PDFs (`invoice-vlm pdf-bank`): real fonts and text"})
+    font_packages: list[str] = field(default_factory=list, metadata={
+        "help": "Debian font packages whose Latin fonts draw the random strings (besides the invoice fonts)"})
     freeze_batchnorm: bool = True  # keep the tower's BatchNorm statistics (rows are encoded a width at a time)
 
     def __post_init__(self) -> None:
@@ -78,10 +83,12 @@ class PretrainConfig:
             raise ValueError("data: give at least one dataset folder")
         last = 0
         for i, st in enumerate(self.stages):
-            if set(st) - {"until", "strings"} or "strings" not in st:
-                raise ValueError(f"stages[{i}]: expected {{until, strings}}, got {st}")
-            if not 0.0 <= float(st["strings"]) <= 1.0:
-                raise ValueError(f"stages[{i}].strings must be in [0, 1]")
+            if set(st) - {"until", "strings", "real"} or "strings" not in st:
+                raise ValueError(f"stages[{i}]: expected {{until, strings, real}}, got {st}")
+            if not 0.0 <= float(st["strings"]) <= 1.0 or not 0.0 <= float(st.get("real", 0)) <= 1.0:
+                raise ValueError(f"stages[{i}]: strings and real must be in [0, 1]")
+            if float(st.get("real", 0)) and not self.pdf_banks:
+                raise ValueError(f"stages[{i}].real needs pdf_banks")
             until = int(st.get("until", 0))
             if until and until <= last:
                 raise ValueError("stages: `until` must grow from stage to stage (0 = to the end, last only)")
@@ -93,11 +100,14 @@ class PretrainConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
-    def strings_at(self, step: int) -> float:
+    def stage_at(self, step: int) -> dict:
         for st in self.stages:
             if not st.get("until") or step < int(st["until"]):
-                return float(st["strings"])
-        return float(self.stages[-1]["strings"])
+                return st
+        return self.stages[-1]
+
+    def strings_at(self, step: int) -> float:
+        return float(self.stage_at(step)["strings"])
 
 
 def load_config(path: str | None, sets: list[str] | None = None, overrides: dict | None = None) -> PretrainConfig:
@@ -159,7 +169,7 @@ def _bank_path(run_dir: Path, data: str, split: str, unit) -> Path:
 def load_banks(cfg: PretrainConfig, split: str, unit, progress: bool = True):
     """The rows of ``split`` of every dataset, cut once and cached in the run folder."""
     from ..data import read_split
-    from .rowdata import RowBank
+    from .rowdata import RowBank, concat_banks
 
     banks = []
     for data in cfg.data:
@@ -171,12 +181,7 @@ def load_banks(cfg: PretrainConfig, split: str, unit, progress: bool = True):
         bank = RowBank.build(samples, unit, workers=cfg.workers, blanks=cfg.blank_rows, progress=progress)
         bank.save(path)
         banks.append(bank)
-    if len(banks) == 1:
-        return banks[0]
-    return RowBank(np.concatenate([b.strip for b in banks], axis=1),
-                   np.concatenate([[0], *[b.starts[1:] + off for b, off in
-                                          zip(banks, np.cumsum([0] + [b.strip.shape[1] for b in banks[:-1]]))]]),
-                   [t for b in banks for t in b.texts])
+    return concat_banks(banks)
 
 
 def eval_set(cfg: PretrainConfig, bank, unit, chars: str) -> dict[str, tuple[list, list[str]]]:
@@ -267,7 +272,24 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     chars = chars_of(tokenizer)
     bank = load_banks(cfg, cfg.split, unit, progress)
     evals = eval_set(cfg, load_banks(cfg, cfg.eval_split, unit, progress), unit, chars)
-    sampler = RowSampler(bank, unit, chars, cfg.seed)
+    real = None
+    if cfg.pdf_banks:
+        from .rowdata import RowBank, concat_banks, held_out_path
+
+        for path in cfg.pdf_banks:
+            if not Path(path).is_file():
+                raise InvoiceVLMError(f"{path}: row bank not found (build it with `invoice-vlm pdf-bank`)")
+        real = concat_banks([RowBank.load(Path(p)) for p in cfg.pdf_banks])
+        held = [held_out_path(Path(p)) for p in cfg.pdf_banks if held_out_path(Path(p)).is_file()]
+        if held:  # rows of PDFs the training bank does not hold
+            pool = concat_banks([RowBank.load(p) for p in held])
+            pick = random.Random(4321).sample(range(len(pool)), min(cfg.eval_rows, len(pool)))
+            evals["real"] = ([pool.row(i) for i in pick], [pool.texts[i] for i in pick])
+    from .rowdata import row_fonts
+
+    fonts = row_fonts(cfg.font_packages) if cfg.font_packages else []
+    write_json(run_dir / "fonts.json", fonts)
+    sampler = RowSampler(bank, unit, chars, cfg.seed, real=real, fonts=fonts)
     blank = vocab
     model.train()
     if cfg.freeze_batchnorm:  # the tower sees rows a width at a time (models.row_model_inputs): groups are too
@@ -318,7 +340,9 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
                     stopped = "time_budget"
                     break
             t0 = time.monotonic()
-            rows, texts = sampler.batch(step, cfg.batch_size, cfg.strings_at(step), cfg.degrade)
+            stage = cfg.stage_at(step)
+            rows, texts = sampler.batch(step, cfg.batch_size, float(stage["strings"]), cfg.degrade,
+                                        float(stage.get("real", 0.0)))
             inputs = row_batch(rows, texts, tokenizer, unit, model.config.image_token_index)
             columns, ctc_targets, ctc_lengths = (inputs[k] for k in ("image_columns", "ctc_targets", "ctc_lengths"))
             for g in opt.param_groups:
