@@ -484,7 +484,8 @@ def pdf_rows(page) -> list[PdfRow]:
     joined: list[dict] = []
     for row in rows:
         prev = joined[-1] if joined else None
-        if prev is not None and min(prev["lb"], row["lb"]) - max(prev["lt"], row["lt"]) > 0.5 * min(
+        if prev is not None and not any(c.rotated for c in prev["chars"] + row["chars"]) and min(
+                prev["lb"], row["lb"]) - max(prev["lt"], row["lt"]) > 0.5 * min(
                 prev["lb"] - prev["lt"], row["lb"] - row["lt"]) and not any(
                 c.x < o.right and o.x < c.right for c in row["chars"] for o in prev["chars"]):
             prev["chars"] = prev["chars"] + row["chars"]

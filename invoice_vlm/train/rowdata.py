@@ -433,7 +433,8 @@ def _pdf_page_rows(args: tuple) -> tuple[list[tuple[np.ndarray, str]], dict[str,
 
 @dataclass
 class PdfBankConfig:
-    pdfs: str = ""  # a folder of PDFs (searched recursively); its sources.jsonl, if any, names each file's source
+    pdfs: str = ""  # a folder of PDFs (searched recursively)
+    sources: str = ""  # a JSONL naming each file's source and licence (file relative to pdfs; default pdfs/sources.jsonl)
     out: str = "data/pdf-bank.npz"
     dpis: list[int] = None  # each page is rendered at one of these, drawn per page
     pages_per_pdf: int = 6
@@ -487,7 +488,9 @@ def build_pdf_bank(cfg: PdfBankConfig, unit: ReadingUnit, chars: str, progress: 
             raise InvoiceVLMError(f"{folder}: exclusion folder not found")
         forbidden.update({_sha256(p): str(p) for p in Path(folder).rglob("*") if p.is_file()})
     known: dict[str, dict] = {}
-    listing = root / "sources.jsonl"
+    listing = Path(cfg.sources) if cfg.sources else root / "sources.jsonl"
+    if cfg.sources and not listing.is_file():
+        raise InvoiceVLMError(f"{listing}: sources file not found")
     if listing.is_file():
         for line in listing.read_text(encoding="utf-8").splitlines():
             if line.strip():
