@@ -52,11 +52,18 @@ docs: install
 clean:
 	rm -rf $(VENV) runs data .pytest_cache
 
-# What scripts/gpu_pretrain.sh needs on a GPU machine without network whose Python (3.12, with torch, numpy,
-# pyarrow, pandas, tokenizers) lacks the rest: wheels of this venv's versions in .whl/, the invoice fonts in .fonts/.
-GPU_WHEELS := transformers trl datasets dill multiprocess fsspec faker jiwer rapidfuzz accelerate peft sacrebleu \
-  typer click rich shellingham pydantic pydantic_core annotated_types typing_inspection annotated_doc \
-  typing_extensions regex segno reportlab
+# What scripts/gpu_check.sh needs on a GPU machine without network whose Python 3.12 has torch, numpy, pyarrow,
+# pandas, tokenizers (and torch's own dependencies: jinja2, sympy, networkx, filelock, fsspec, typing_extensions), and
+# as measured Pillow, scipy and pypdfium2, but lacks the rest: wheels of this venv's versions in .whl/ (the dependency closure of
+# the project, transformers, trl, datasets, peft, accelerate and huggingface_hub, walked from .venv; huggingface_hub
+# >= 2.4 needs httpx2, httpcore2, truststore and hf_xet), the invoice fonts in .fonts/. Left out, to stay under
+# ~40 MB, so that the checkout (12 MB), .fonts (12 MB) and .whl fit the device tool's 64 MiB: scipy (35 MB),
+# Pillow, pypdfium2, tensorboard and grpcio/protobuf (gpu_check.sh sets report_to none), lxml (sacrebleu's optional),
+# fastapi/uvicorn (serve), kernels (USE_HUB_KERNELS=NO), bitsandbytes (43 MB: QLoRA runs only where the image has it).
+GPU_WHEELS := transformers trl datasets peft accelerate huggingface_hub hf_xet httpx2 httpcore2 truststore h11 anyio \
+  idna charset_normalizer safetensors tqdm pyyaml packaging psutil regex filelock fsspec dill multiprocess xxhash \
+  faker jiwer rapidfuzz sacrebleu portalocker colorama tabulate typer click rich shellingham markdown_it_py mdurl \
+  pygments pydantic pydantic_core annotated_types typing_inspection annotated_doc typing_extensions segno reportlab
 gpu-carry: install
 	rm -rf .whl .fonts
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -65,4 +72,4 @@ gpu-carry: install
 	$(BIN)/python -c "from invoice_vlm.synth.fonts import FONT_FAMILIES as F, FONT_ROOT as R; import shutil, pathlib; \
 	  [(pathlib.Path('.fonts', d).mkdir(parents=True, exist_ok=True), shutil.copy(R / d / f, pathlib.Path('.fonts', d, f))) \
 	   for d, *fs, _ in F.values() for f in fs]"
-	du -sh .whl .fonts
+	du -sh .whl .fonts; du -cb .whl/*.whl | tail -1 | awk '{printf "wheels: %.1f MB\n", $$1 / 1e6}'

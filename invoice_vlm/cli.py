@@ -205,6 +205,64 @@ def bench_predict(
     _guard(go)
 
 
+@bench_app.command("segment")
+def bench_segment(
+    data: str = typer.Option("../shared/data/real-invoices/manifest.jsonl",
+                             help="manifest.jsonl (each record's PDF page) or a folder of born-digital PDFs (page 1)"),
+    dpi: int = typer.Option(200, help="render resolution (150-300 in docs/segmentation.md)"),
+    augment: str = typer.Option("none", help="none | scan | photo: the synthetic degradation applied to each render"),
+    limit: int = typer.Option(40, help="first N pages (0: all)"),
+    candidate: Optional[list[str]] = typer.Option(None, help="segmenter to measure, repeatable: own, rapidocr, "
+                                                              "rapidocr-deskew (default: own and rapidocr)"),
+    results: str = typer.Option("", "--out", help="results JSON (default runs/bench/segment-<augment>-<dpi>dpi.json)"),
+    seed: int = typer.Option(0, help="augmentation seed of the first page"),
+) -> None:
+    """Pages into rows against born-digital PDFs' text-layer rows: rows found as one box, merged, split, missed,
+    extra boxes, ms/page (docs/segmentation.md)."""
+    from .evaluate.segbench import SegBenchConfig, run
+
+    def go():
+        try:
+            cfg = SegBenchConfig(data=data, dpi=dpi, augment=augment, limit=limit, out=results, seed=seed,
+                                 **({"candidates": list(candidate)} if candidate else {}))
+        except ValueError as e:
+            raise InvoiceVLMError(str(e)) from None
+        report = run(cfg)
+        rows = report["summary"]
+        _print_bench(f"invoice-vlm bench segment ({rows[0]['pages']} pages of {data}, {dpi} dpi, augment "
+                     f"{augment}; one thread each)", rows, {
+                         "candidate": "candidate", "rows": "rows", "found_pct": "found %",
+                         "merged_pct": "merged %", "split_pct": "split %", "missed_pct": "missed %",
+                         "boxes": "boxes", "extra_pct": "extra boxes %", "cpu_ms": "CPU ms/page",
+                         "wall_ms": "wall ms/page"})
+        for line in report["skipped"]:
+            err.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        out.print(f"wrote {cfg.out}")
+
+    _guard(go)
+
+
+@bench_app.command("reader")
+def bench_reader(
+    data: str = typer.Option("../shared/data/real-invoices/manifest.jsonl", help="manifest.jsonl of PDF pages"),
+    model: str = typer.Option("invoice-vlm-tiny", help="row model folder"),
+    dpi: int = typer.Option(200, help="render resolution"),
+    limit: int = typer.Option(40, help="first N pages (0: all)"),
+    out_dir: str = typer.Option("", "--out", help="folder for reader.json"),
+) -> None:
+    """The row reader given perfect rows (cut where the PDF's text layer puts them, padded as the segmenter pads):
+    row CER, and page CER from those rows next to page CER through the segmenter."""
+    from .evaluate.segbench import read_text_layer_rows
+
+    def go():
+        r = read_text_layer_rows(data, model, dpi, limit, out_dir)
+        _print_bench(f"invoice-vlm bench reader ({r['pages']} pages of {data}, {dpi} dpi, {model})", [r], {
+            "rows": "trusted rows", "rows_cer": "row CER", "rows_exact": "rows exact",
+            "page_cer_text_layer_rows": "page CER, text-layer rows", "page_cer_segmenter_rows": "page CER, segmenter"})
+
+    _guard(go)
+
+
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (configs/<model>/<method>.yaml)"),
@@ -218,7 +276,8 @@ def train(
     resume: bool = typer.Option(False, help="continue from the run's last checkpoint"),
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Fine-tune a model with TRL's SFTTrainer (full, LoRA, QLoRA; mixed tasks; evaluation while training).
+    """Fine-tune a model with TRL's SFTTrainer (full, LoRA, QLoRA; evaluation while training): the row reader on
+    the rows of the pages, a page model on a mix of tasks.
 
     Runs under `accelerate launch` too (DDP, FSDP, DeepSpeed: configs/accelerate/)."""
     from . import train as stage
@@ -262,6 +321,8 @@ def pdf_bank(
     pdfs: Path = typer.Option(..., help="folder of born-digital PDFs (recursive); its sources.jsonl names sources"),
     out_path: Path = typer.Option(Path("data/pdf-bank.npz"), "--out", help="row bank to write (.npz; a .json "
                                                                           "beside it lists sources and licences)"),
+    sources: Optional[Path] = typer.Option(None, help="JSONL naming each PDF's source and licence (file: path "
+                                                      "relative to --pdfs); default: PDFS/sources.jsonl if present"),
     model: str = typer.Option("invoice-vlm-tiny", help="the row model whose reading unit and characters to use"),
     exclude: Optional[list[Path]] = typer.Option(None, help="folder of evaluation documents: PDFs with the same "
                                                           "content are never used (repeatable)"),
@@ -282,7 +343,8 @@ def pdf_bank(
         if unit is None:
             raise InvoiceVLMError(f"{model}: not a row model (its config.json records no reading unit)")
         _, processor = load(path)
-        cfg = PdfBankConfig(pdfs=str(pdfs), out=str(out_path), exclude=[str(e) for e in exclude or []],
+        cfg = PdfBankConfig(pdfs=str(pdfs), sources=str(sources or ""), out=str(out_path),
+                            exclude=[str(e) for e in exclude or []],
                             pages_per_pdf=pages_per_pdf, max_pages=max_pages, rows_per_page=rows_per_page,
                             workers=workers, seed=seed)
         summary = build_pdf_bank(cfg, unit, chars_of(processor.tokenizer), say=err.print)
@@ -317,7 +379,7 @@ def eval_(
 
     Writes bleu.json, ter.json (evaluate's shapes), metrics.json, fields.json, predictions.jsonl, report.html."""
     from . import evaluate as stage
-    from .jobs import ray_target
+    from .jobs import eval_on_ray, ray_target
 
     def go():
         cfg = build_config(stage.EvalConfig, overrides=dict(
@@ -325,7 +387,7 @@ def eval_(
             predictions=str(predictions or ""), batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
             dpi=dpi, report=report, ray=ray_target(ray, ray_address), actors=actors,
             cpus_per_actor=cpus_per_actor), sets=sets)
-        scores = stage.main(cfg)
+        scores = stage.main(cfg, on_ray=eval_on_ray)
         _print_scores(scores)
         if scores.get("skipped"):
             raise typer.Exit(1)  # the rest was scored and written; the exit code says that something was left out
@@ -381,7 +443,7 @@ def predict(
     from .data import parse_pages
     from .infer import Predictor
     from .infer import files as fio
-    from .train.tasks import EXTRACT_PROMPT
+    from .fields import EXTRACT_PROMPT
 
     def go():
         if task not in ("ocr", "extract"):
@@ -443,7 +505,7 @@ def predict(
             for (name, k, count), text in predictor.predict_stream(items(), prompt):
                 row = {"file": name, "page": k, "task": task, "text": text}
                 if task == "extract":
-                    from .evaluate.fields import parse_prediction
+                    from .fields import parse_prediction
 
                     row["fields"], row["json_valid"] = parse_prediction(text)
                 if fmt == "jsonl":

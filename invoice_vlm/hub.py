@@ -30,9 +30,6 @@ from .common import InvoiceVLMError, complete_checkpoints, environment_info, sta
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "chat_template.json", "chat_template.jinja", "generation_config.json")
 
 
 def dtype_name(dtype: str) -> str:
@@ -287,7 +284,7 @@ def model_card(name: str, info: dict[str, Any], evals: list[dict[str, Any]], bod
         lines += ["## Evaluation", "", metrics_table(evals), "",
                   "BLEU and TER as Hugging Face `evaluate` computes them (sacrebleu, 13a, TER case-insensitive); "
                   "CER/WER with jiwer; field scores after normalising dates, amounts and currencies "
-                  "(`invoice_vlm.evaluate.fields`). Reproduce with `invoice-vlm eval` (see `export.json`).", ""]
+                  "(`invoice_vlm.fields`). Reproduce with `invoice-vlm eval` (see `export.json`).", ""]
     else:
         lines += ["## Evaluation", "", "No evaluation was attached to this export (`--eval`).", ""]
     lines += ["## Limitations", "",

@@ -42,8 +42,6 @@ from typing import Any, Callable, Iterator
 
 from .common import MAX_DOCUMENT_PAGES, InvoiceVLMError, environment_info, write_json
 
-JOB = "job.json"
-GENERATOR = "invoice_vlm.predict"
 # Logical CPUs held by each rendering task on Ray (it keeps one core busy while it runs): the actors must leave at
 # least this much, or no page is ever rendered and the job waits forever.
 RENDER_CPUS = 1.0
@@ -92,7 +90,7 @@ class PredictJobConfig:
 
     @property
     def prompt_text(self) -> str:
-        from .train.tasks import EXTRACT_PROMPT
+        from .fields import EXTRACT_PROMPT
 
         return self.prompt or (EXTRACT_PROMPT if self.task == "extract" else "ocr")
 
@@ -157,7 +155,7 @@ def read_pages(path: str, pages: list[int] | None, dpi: int, max_pages: int = MA
 def page_record(file: str, page: int, text: str, task: str) -> dict[str, Any]:
     row: dict[str, Any] = {"file": file, "page": page, "text": text}
     if task == "extract":
-        from .evaluate.fields import parse_prediction
+        from .fields import parse_prediction
 
         row["fields"], row["json_valid"] = parse_prediction(text)
     return row
@@ -191,21 +189,10 @@ def write_shard(out: Path, shard: Shard, rows: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------------------------- the job folder
 
 
-def read_job(folder: Path) -> dict[str, Any]:
-    path = folder / JOB
-    if not path.is_file():
-        raise InvoiceVLMError(f"{folder}: no {JOB} here (not an invoice-vlm predict --out folder)")
-    try:
-        job = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvoiceVLMError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(job, dict) or job.get("generator") != GENERATOR:
-        raise InvoiceVLMError(f"{path}: not written by invoice-vlm predict --out")
-    return job
-
-
 def _prepare(out: Path, identity: dict[str, Any]) -> None:
     """Refuse a folder that holds anything but this same job; clear half-written shards of an interrupted run."""
+    from .infer.files import JOB, read_job
+
     if out.exists() and not out.is_dir():
         raise InvoiceVLMError(f"{out}: exists and is not a folder")
     if (out / JOB).is_file():
@@ -239,20 +226,6 @@ def _count(path: Path) -> tuple[int, int]:
     return pages, errors
 
 
-def iter_records(folder: Path) -> Iterator[dict[str, Any]]:
-    """Every record of a job folder's finished shards, shard by shard."""
-    from .data import json_line
-
-    for s in read_job(folder).get("shards", []):
-        path = folder / s["name"]
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    yield json_line(line, f"{path}:{lineno}")
-
-
 # --------------------------------------------------------------------------------------------- running
 
 
@@ -260,6 +233,8 @@ def run_predict(cfg: PredictJobConfig, on_error: Callable[[str], None] = lambda 
                 progress: bool = True) -> dict[str, Any]:
     """Run (or finish) a predict job; returns a summary: pages, errors (error records in the whole job), shards,
     shards skipped as already done, seconds. ``on_error`` gets one line per file that fails in this run."""
+    from .infer.files import GENERATOR, JOB
+
     t0 = time.perf_counter()
     files, input_errors = list_inputs(cfg.inputs)
     for e in input_errors:

@@ -14,35 +14,14 @@ segmenter gives it at inference.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from .models import ReadingUnit
+
 Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
-
-
-@dataclass(frozen=True)
-class ReadingUnit:
-    """How a model reads, recorded in its config.json under ``reading``."""
-
-    unit: str = "row"  # "row": one text row an input; "page": the whole page (PaliGemma hub checkpoints)
-    height: int = 32  # a row is scaled to this height, its width following the aspect ratio
-    max_width: int = 1536  # wider rows are squeezed to this
-    multiple: int = 16  # widths are padded to a multiple of the vision tower's stride (white on the right)
-    grayscale: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_config(cls, config) -> "ReadingUnit | None":
-        """The unit recorded in a model's config (or config dict); None for a page model."""
-        data = config.get("reading") if isinstance(config, dict) else getattr(config, "reading", None)
-        if not data or data.get("unit", "page") == "page":
-            return None
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 # Bumped whenever segment() cuts rows differently: cached training rows (pretraining's row banks) are keyed by it.

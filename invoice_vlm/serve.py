@@ -222,8 +222,7 @@ def create_app(predictor, cfg: ServeConfig | None = None, model_name: str = ""):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from .data import document_pages
-    from .evaluate.fields import parse_prediction
-    from .train.tasks import EXTRACT_PROMPT
+    from .fields import EXTRACT_PROMPT, parse_prediction
 
     cfg = cfg or ServeConfig()
     metrics = Metrics()

@@ -224,7 +224,7 @@ def metadata_check():
 def fields_check():
     import datetime as dt
 
-    from invoice_vlm.evaluate import fields as F
+    from invoice_vlm import fields as F
 
     amount = re.compile(r"-?\d+\.\d\d")
 
@@ -276,7 +276,7 @@ def worker(target: str, crash_dir: Path, libfuzzer_args: list[str]) -> None:
     with atheris.instrument_imports(include=INSTRUMENT[target]):
         import invoice_vlm.common  # noqa: F401
         import invoice_vlm.data  # noqa: F401
-        import invoice_vlm.evaluate.fields  # noqa: F401
+        import invoice_vlm.fields  # noqa: F401
 
         if target == "images":
             from PIL import Image

@@ -215,8 +215,8 @@ def test_rapidocr_missing_is_one_clear_line(monkeypatch):
     from invoice_vlm.common import InvoiceVLMError
     from invoice_vlm.evaluate.engines import make_engine
 
-    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # import fails as if not installed
-    with pytest.raises(InvoiceVLMError, match=r"engine rapidocr: not installed \(pip install rapidocr_onnxruntime"):
+    monkeypatch.setitem(sys.modules, "rapidocr", None)  # import fails as if not installed
+    with pytest.raises(InvoiceVLMError, match=r"engine rapidocr: not installed \(pip install rapidocr onnxruntime"):
         make_engine("rapidocr")
 
 

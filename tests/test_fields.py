@@ -1,4 +1,4 @@
-"""Key fields: normalisation, the rule-based text extractor and per-field scoring (invoice_vlm.evaluate.fields)."""
+"""Key fields: normalisation, the rule-based text extractor and per-field scoring (invoice_vlm.fields)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,23 @@ from decimal import Decimal
 
 import pytest
 
-from invoice_vlm.evaluate import fields as F
+from invoice_vlm import fields as F
 from invoice_vlm.synth import LOCALES, SynthConfig, format_amount, format_date, generate_invoice, public_fields
 from invoice_vlm.synth.content import make_invoice
 
 ROUND_TRIP_KEYS = ("date", "due_date", "subtotal", "tax", "total", "currency")
+
+# ----------------------------------------------------------------------------------- the extract target
+
+
+def test_canonical_fields_order_and_format():
+    """The extract task's target: the record's fields as printed, in schema order, compact JSON."""
+    fields = {"total": "1,00 €", "invoice_number": "A-1", "normalized": {"total": "1.00"}, "line_items": [
+        {"amount": "1,00 €", "description": "Café", "quantity": "1", "unit_price": "1,00 €"}]}
+    assert F.canonical_fields(fields) == (
+        '{"invoice_number":"A-1","total":"1,00 €","line_items":[{"description":"Café","quantity":"1",'
+        '"unit_price":"1,00 €","amount":"1,00 €"}]}')
+
 
 # ------------------------------------------------------------------------------------------------ dates
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from invoice_vlm import jobs
 from invoice_vlm.cli import app
 from invoice_vlm.common import InvoiceVLMError
+from invoice_vlm.infer.files import iter_records
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing may try the network
 
@@ -215,7 +216,7 @@ def test_eval_matches_manifest_pdf_pages_to_the_jobs_pdf_pages(tmp_path, reading
     samples = read_manifest(tmp_path / "manifest.jsonl", tmp_path / "pages")
     skipped = []
     kept, predictions = read_predictions(tmp_path / "job", samples, skipped, "ocr", root=tmp_path)
-    page2 = [x for x in jobs.iter_records(tmp_path / "job") if x["page"] == 2]
+    page2 = [x for x in iter_records(tmp_path / "job") if x["page"] == 2]
     assert [s_.id for s_ in kept] == ["d-2"] and predictions == [page2[0]["text"]] and not skipped
 
 

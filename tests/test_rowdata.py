@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from invoice_vlm.common import InvoiceVLMError
-from invoice_vlm.rows import ReadingUnit
+from invoice_vlm.models import ReadingUnit
 from invoice_vlm.train.rowdata import (PdfBankConfig, RowBank, build_pdf_bank, draw_string, held_out_path,
                                        row_fonts)
 

@@ -14,8 +14,9 @@ from PIL import Image
 
 from invoice_vlm.data import read_split
 from invoice_vlm.models import RowModelConfig, build_char_tokenizer, create_row_model, load, reading_unit_of
-from invoice_vlm.rows import ReadingUnit, deskew, match_rows, pad_batch, segment, skew_angle
-from invoice_vlm.train.rowdata import RowBank, RowSampler, chars_of, draw_string, row_batch
+from invoice_vlm.models import ReadingUnit, row_batch
+from invoice_vlm.rows import deskew, match_rows, pad_batch, segment, skew_angle
+from invoice_vlm.train.rowdata import RowBank, RowSampler, chars_of, draw_string
 
 # two ResNet stages (stride 8) and a 2 x 64 decoder: seconds on a CPU
 SMALL = RowModelConfig(height=16, max_width=256, stem=8, widths=[16, 32], depths=[1, 1], text_hidden=64,
@@ -193,6 +194,7 @@ def test_predictor_reads_a_page_row_by_row(row_model, pages):
         pred.predict([page], "answer en What is the total?")
 
 
+@pytest.mark.slow
 def test_a_rows_text_does_not_depend_on_its_batch(pages):
     """The shipped reader on two pages' rows, read alone, in batches of 7 and all in one batch of 1024: the same
     texts (session 13: short rows padded to a wide neighbour ran on past their text, 3% vs 14% page CER)."""
@@ -225,6 +227,7 @@ def test_row_examples_pair_each_box_with_its_line(pages):
     assert all(e.box and e.task == "row" for e in examples)
 
 
+@pytest.mark.slow
 def test_pretraining_resumes_exactly(pages, tmp_path):
     from safetensors.torch import load_file
 

@@ -7,8 +7,9 @@ Run as::
 
 Writes ``bleu.json`` and ``ter.json`` in exactly the shape of Hugging Face ``evaluate``'s ``bleu`` and ``ter``
 metrics (computed with sacrebleu, no network), ``metrics.json`` (those plus chrF, CER, WER, exact match, sacrebleu
-signatures, what was skipped), ``fields.json`` (key-field scores, :mod:`.fields`), ``predictions.jsonl`` and
-``report.html`` (:mod:`.report`). The metric functions are pure functions over lists of strings.
+signatures, what was skipped), ``fields.json`` (key-field scores, :mod:`invoice_vlm.fields`),
+``predictions.jsonl`` and ``report.html`` (:mod:`.report`). The metric functions are pure functions over lists
+of strings.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..common import InvoiceVLMError, environment_info, staged_dir, write_json
 
@@ -178,7 +179,7 @@ def _chunk(predictions: list[str], references: list[str], task: str,
 
 
 def _chunk_stats(predictions: list[str], references: list[str], task: str, library: bool) -> tuple:
-    from . import fields as fmod
+    from .. import fields as fmod
 
     metrics = _library_metrics() if library else [make() for make in _METRICS]
     stats = [m._extract_corpus_statistics(predictions, [references]) for m in metrics]
@@ -265,7 +266,7 @@ def reference_for(sample, task: str) -> str:
     """What a prediction is compared with: the transcription, or for ``extract`` the canonical fields JSON (the
     exact training target; for a manifest with partly known fields, only those)."""
     if task == "extract":
-        from ..train.tasks import canonical_fields
+        from ..fields import canonical_fields
 
         return canonical_fields(sample.fields)
     return sample.text
@@ -322,7 +323,7 @@ def read_job_predictions(folder: Path, samples: list, skipped: list[str], task: 
     """Predictions from a ``predict --out`` folder, matched to samples by file: a sample's image (resolved) is
     page 1 of that file; a manifest sample rendered from a PDF (``root``: the manifest's folder) is its page of
     that PDF. A sample whose file failed is left out with the file's error; ``task`` must be the job's."""
-    from ..jobs import iter_records, read_job
+    from ..infer.files import iter_records, read_job
 
     job = read_job(folder)
     theirs = (job.get("identity") or {}).get("task")
@@ -360,7 +361,7 @@ def read_job_predictions(folder: Path, samples: list, skipped: list[str], task: 
 def score(samples: list, predictions: list[str], task: str, workers: int = 0, library: bool = False):
     """Text metrics, field scores (when the references have fields) and per-document rows (``library``: computed
     by the libraries' own code; the benchmark's baseline)."""
-    from . import fields as fmod
+    from .. import fields as fmod
 
     references = [reference_for(s, task) for s in samples]
     _check_lengths(predictions, references)
@@ -381,8 +382,11 @@ def score(samples: list, predictions: list[str], task: str, workers: int = 0, li
     return scores, field_scores, rows
 
 
-def main(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate an engine (or a predictions file) on a dataset split or a manifest; writes the result files."""
+def main(cfg: EvalConfig, on_ray: Callable | None = None) -> dict[str, Any]:
+    """Evaluate an engine (or a predictions file) on a dataset split or a manifest; writes the result files.
+
+    ``on_ray``: how ``cfg.ray`` reads the samples, ``(cfg, samples, info, workdir, skipped) -> (samples,
+    predictions)``; the executors sit above the harness, so the caller passes it (the CLI: ``jobs.eval_on_ray``)."""
     import tempfile
     import time
 
@@ -406,9 +410,9 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
                 raise InvoiceVLMError(f"{cfg.predictions}: no prediction matches the data's samples")
         else:
             if cfg.ray:
-                from ..jobs import eval_on_ray
-
-                samples, predictions = eval_on_ray(cfg, samples, info, Path(tmp), skipped)
+                if on_ray is None:
+                    raise InvoiceVLMError("eval: ray is set but no Ray executor was passed (jobs.eval_on_ray)")
+                samples, predictions = on_ray(cfg, samples, info, Path(tmp), skipped)
                 if not samples:
                     raise InvoiceVLMError(f"{cfg.data}: no page could be read" + (f" ({skipped[-1]})"
                                                                                    if skipped else ""))
@@ -416,7 +420,7 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
                 predictor = make_predictor(cfg, samples, info)
                 predictions = generate(predictor, samples, cfg.prompt or cfg.task)
             if cfg.engine != "model" and cfg.task == "extract":  # an OCR engine: fields from its text, as JSON
-                from .fields import fields_from_text
+                from ..fields import fields_from_text
 
                 predictions = [json.dumps(fields_from_text(p), ensure_ascii=False) for p in predictions]
             info["seconds"] = round(time.perf_counter() - t0, 2)

@@ -36,7 +36,7 @@ def make_pairs(n: int, seed: int = 0, noise: float = 0.02) -> tuple[list[Any], l
     from ..data import Sample
     from ..synth import generate
     from ..synth.content import public_fields
-    from ..train.tasks import canonical_fields
+    from ..fields import canonical_fields
 
     cfg = generate.SynthConfig(n=n, max_items=6)
     rng = random.Random(seed)

@@ -1,4 +1,4 @@
-"""Classic OCR engines in the same harness as the models: Tesseract (the Debian package) and RapidOCR (pip).
+"""Classic OCR engines in the same harness as the models: Tesseract (the Debian package) and RapidOCR 3.x (pip).
 
 Each engine returns, per page image, its words as boxes; :func:`reading_order` puts them into the project's
 convention (rows top to bottom, each row left to right, runs joined by a space, rows by a newline), so an
@@ -7,12 +7,14 @@ engine's BLEU and TER measure what it read, not how it orders lines. The engines
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 from PIL import Image
 
@@ -32,24 +34,32 @@ class Box:
     bottom: float
 
 
-def reading_order(boxes: list[Box]) -> str:
-    """Boxes (words or lines) -> rows: a box joins the row whose vertical span it overlaps by more than half of
-    the smaller height; rows top to bottom, boxes within a row left to right."""
-    rows: list[tuple[float, float, list[Box]]] = []  # top, bottom, boxes
-    for b in sorted(boxes, key=lambda b: (b.top + b.bottom) / 2):
-        if not b.text.strip():
-            continue
-        h = max(b.bottom - b.top, 1e-6)
-        for k, (top, bottom, members) in enumerate(rows):
-            overlap = min(bottom, b.bottom) - max(top, b.top)
-            if overlap > 0.5 * min(h, bottom - top):
-                members.append(b)
-                rows[k] = (min(top, b.top), max(bottom, b.bottom), members)
+def group_rows(boxes: Sequence[tuple[float, float, float, float]]) -> list[list[int]]:
+    """Boxes (left, top, right, bottom) grouped into rows in reading order, as lists of indices: a box joins the row
+    whose vertical span (which grows with each box) it overlaps by more than half of the smaller height; rows top
+    to bottom, boxes within a row left to right. The engines' text and the segmentation benchmark's candidates
+    both group this way."""
+    rows: list[list] = []  # top, bottom, indices
+    for i in sorted(range(len(boxes)), key=lambda i: (boxes[i][1] + boxes[i][3]) / 2):
+        _, top, _, bottom = boxes[i]
+        h = max(bottom - top, 1e-6)
+        for row in rows:
+            if min(row[1], bottom) - max(row[0], top) > 0.5 * min(h, row[1] - row[0]):
+                row[0], row[1] = min(row[0], top), max(row[1], bottom)
+                row[2].append(i)
                 break
         else:
-            rows.append((b.top, b.bottom, [b]))
+            rows.append([top, bottom, [i]])
     rows.sort(key=lambda r: (r[0] + r[1]) / 2)
-    return "\n".join(" ".join(b.text.strip() for b in sorted(m, key=lambda b: b.left)) for _, _, m in rows)
+    return [sorted(r[2], key=lambda i: boxes[i][0]) for r in rows]
+
+
+def reading_order(boxes: list[Box]) -> str:
+    """Boxes (words or lines) -> the page's text: rows as :func:`group_rows` forms them, runs joined by a space,
+    rows by a newline."""
+    boxes = [b for b in boxes if b.text.strip()]
+    rows = group_rows([(b.left, b.top, b.right, b.bottom) for b in boxes])
+    return "\n".join(" ".join(boxes[i].text.strip() for i in row) for row in rows)
 
 
 class TesseractEngine:
@@ -105,37 +115,69 @@ def _tesseract_lines(tsv: str) -> list[Box]:
     return out
 
 
+# the files the rapidocr 3.10 wheel ships: PP-OCRv6's small detector and recogniser (the only recogniser inside; it
+# reads Latin scripts, German and French among them, and Chinese) and PP-OCR's text orientation classifier
+RAPIDOCR_MODELS = {"Det": "PP-OCRv6_det_small.onnx", "Rec": "PP-OCRv6_rec_small.onnx",
+                   "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx"}
+
+
 class RapidOCREngine:
-    """RapidOCR (PaddleOCR's models on ONNX Runtime, pip ``rapidocr_onnxruntime``): text lines with boxes."""
+    """RapidOCR 3.x (pip ``rapidocr`` with ``onnxruntime``): PaddleOCR's PP-OCRv6 small text detector and its
+    multilingual recogniser (Latin scripts, German, French, ... with Chinese), both shipped inside the wheel, so
+    nothing is downloaded at run time. Text lines with boxes, put in reading order. ``threads``: ONNX Runtime's
+    threads per model (0: its default, every core)."""
 
     name = "rapidocr"
 
-    def __init__(self):
+    def __init__(self, threads: int = 0):
         try:
-            from rapidocr_onnxruntime import RapidOCR
+            from rapidocr import RapidOCR
         except ImportError:
-            raise InvoiceVLMError("engine rapidocr: not installed (pip install rapidocr_onnxruntime, or "
+            raise InvoiceVLMError("engine rapidocr: not installed (pip install rapidocr onnxruntime, or "
                                   "pip install 'invoice-vlm[engines]')") from None
-        self.ocr = RapidOCR()
+        # the model files inside the wheel, named outright: a default that names a file the wheel lacks would be
+        # downloaded at first use, and here it is an error instead
+        models = Path(importlib.util.find_spec("rapidocr").origin).parent / "models"
+        params = {"Global.log_level": "warning"}  # else it logs every model's path at info level
+        for key, name in RAPIDOCR_MODELS.items():
+            if not (models / name).is_file():
+                raise InvoiceVLMError(f"engine rapidocr: {models / name} not found: the rapidocr wheel must ship "
+                                      "PP-OCRv6 small (pip install 'rapidocr>=3.10,<4')")
+            params[f"{key}.model_path"] = str(models / name)
+        self.ocr = RapidOCR(params=params)
 
     def version(self) -> str:
         from importlib.metadata import version
 
-        return f"rapidocr_onnxruntime {version('rapidocr_onnxruntime')}"
+        return f"rapidocr {version('rapidocr')} (PP-OCRv6 small det + rec, onnxruntime {version('onnxruntime')})"
 
-    def read(self, image: Image.Image) -> str:
+    def lines(self, image: Image.Image) -> list[Box]:
+        """The text lines the detector finds and the recogniser reads, as boxes around their quadrilaterals."""
         import numpy as np
 
-        result, _ = self.ocr(np.asarray(image.convert("RGB")))
-        boxes = []
-        for quad, text, _score in result or []:
-            xs, ys = [p[0] for p in quad], [p[1] for p in quad]
-            boxes.append(Box(text, min(xs), min(ys), max(xs), max(ys)))
-        return reading_order(boxes)
+        result = self.ocr(np.asarray(image.convert("RGB")), use_det=True, use_cls=True, use_rec=True)
+        if result.boxes is None or result.txts is None:
+            return []
+        return [Box(text, *_quad_box(quad)) for quad, text in zip(result.boxes, result.txts)]
+
+    def detect(self, image: Image.Image) -> list[tuple[float, float, float, float]]:
+        """The detector's text boxes alone (no recognition): (left, top, right, bottom) around each quadrilateral."""
+        import numpy as np
+
+        result = self.ocr(np.asarray(image.convert("RGB")), use_det=True, use_cls=False, use_rec=False)
+        return [] if result.boxes is None else [_quad_box(quad) for quad in result.boxes]
+
+    def read(self, image: Image.Image) -> str:
+        return reading_order(self.lines(image))
 
     def predict_iter(self, images: Iterable[Image.Image], prompt: str = "ocr") -> Iterator[str]:
         for im in images:
             yield self.read(im)
+
+
+def _quad_box(quad) -> tuple[float, float, float, float]:
+    xs, ys = [float(p[0]) for p in quad], [float(p[1]) for p in quad]
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def make_engine(name: str, **kwargs):

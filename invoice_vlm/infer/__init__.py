@@ -13,7 +13,7 @@ A model that reads rows (its config.json records ``reading: {"unit": "row"}``, a
 same interface: each page is cut into rows by ``invoice_vlm.rows.segment`` (pixels only), the rows of all pages in
 a batch are generated together, widest first in batches of ``row_batch_size``, and each page's text is its rows
 joined by newlines. ``extract`` on such a model gives the fields that the rule-based field reader
-(``invoice_vlm.evaluate.fields.fields_from_text``) finds in that transcription, as the same JSON.
+(``invoice_vlm.fields.fields_from_text``) finds in that transcription, as the same JSON.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Predictor:
 
     def __init__(self, model, processor, max_new_tokens: int = 512, batch_size: int = 8, sort_by_length: bool = True,
                  window: int = 4, min_new_tokens: int = 0, row_batch_size: int = 64):
-        from ..rows import ReadingUnit
+        from ..models import ReadingUnit
 
         self.model = model
         self.unit = ReadingUnit.from_config(getattr(model, "config", {}))
@@ -90,7 +90,7 @@ class Predictor:
     @torch.inference_mode()
     def generate_batch(self, images: Sequence[Image.Image], prompt: str | Sequence[str]) -> list[str]:
         """One forward pass over a batch; rows may have different prompts (the server's micro-batches)."""
-        from ..models import generation_inputs
+        from ..models import generated_tokens, generation_inputs
 
         prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
         if self.unit is not None:
@@ -113,7 +113,7 @@ class Predictor:
         finally:
             if was_training:
                 self.model.train()
-        generated = out[:, inputs["input_ids"].shape[1]:]
+        generated = generated_tokens(self.model, inputs, out)
         self.stats["pages"] += len(images)
         self.stats["batches"] += 1
         self.stats["generate_seconds"] += time.perf_counter() - t0
@@ -123,7 +123,7 @@ class Predictor:
     def _read_pages(self, images: Sequence[Image.Image], prompts: list[str]) -> list[str]:
         from ..common import InvoiceVLMError
         from ..rows import deskew, row_image, segment
-        from ..train.tasks import EXTRACT_PROMPT
+        from ..fields import EXTRACT_PROMPT
 
         for p in prompts:
             if p not in (DEFAULT_PROMPT, EXTRACT_PROMPT):
@@ -147,7 +147,7 @@ class Predictor:
             if prompt == EXTRACT_PROMPT:
                 import json
 
-                from ..evaluate.fields import fields_from_text
+                from ..fields import fields_from_text
 
                 text = json.dumps(fields_from_text(text), ensure_ascii=False)
             out.append(text)
@@ -156,8 +156,7 @@ class Predictor:
     @torch.inference_mode()
     def read_rows(self, rows: list[np.ndarray]) -> list[str]:
         """Greedy transcriptions of row images (uint8, the unit's height), widest first in batches."""
-        from ..models import row_model_inputs
-        from ..train.rowdata import row_batch
+        from ..models import row_batch, row_model_inputs
 
         tok = self.processor.tokenizer
         order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])

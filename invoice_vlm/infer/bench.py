@@ -135,6 +135,7 @@ def bench_ray(model: str, images: list, refs: list[str], batch_size: int, max_ne
 
     from .. import jobs
     from ..evaluate import cer
+    from .files import iter_records
 
     n = len(images)
     with tempfile.TemporaryDirectory(prefix="invoice-vlm-bench-ray-") as tmp:
@@ -155,7 +156,7 @@ def bench_ray(model: str, images: list, refs: list[str], batch_size: int, max_ne
                 t0 = time.perf_counter()
                 jobs.run_predict(cfg, progress=False)
                 secs[name] = time.perf_counter() - t0
-                texts[name] = [r["text"] for r in jobs.iter_records(Path(cfg.out))]
+                texts[name] = [r["text"] for r in iter_records(Path(cfg.out))]
     single, on_ray = texts["single"], texts["ray"]
     same = sum(a == b for a, b in zip(single, on_ray))
     rows = []  # a job's pages are out when their shard is: no per-page latency

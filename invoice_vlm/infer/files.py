@@ -1,13 +1,15 @@
-"""Files and folders to pages for ``invoice-vlm predict``: which files, how many pages, each page's image.
+"""Files and folders to pages for ``invoice-vlm predict``: which files, how many pages, each page's image; and the
+folder ``predict --out`` writes, read back (by ``jobs``, which writes it, and by ``eval --predictions``).
 
 The engine (``invoice_vlm.infer.Predictor``) only sees images; this module turns paths into them, and every
 problem with a file into one :class:`InvoiceVLMError` line naming it, so that the other files still run."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from PIL import Image
 
@@ -15,6 +17,8 @@ from ..common import MAX_DOCUMENT_PAGES, InvoiceVLMError
 from ..data import document_pages, is_pdf
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".pdf"}
+JOB = "job.json"  # a predict --out folder's description: settings, shards, "complete" (see invoice_vlm.jobs)
+GENERATOR = "invoice_vlm.predict"
 
 
 @dataclass
@@ -68,3 +72,33 @@ def plan(path: Path, pages: list[int] | None, max_pages: int = MAX_DOCUMENT_PAGE
 
 def page_images(doc: Document, dpi: int = 200) -> Iterator[tuple[int, Image.Image]]:
     yield from document_pages(doc.path.read_bytes(), str(doc.path), doc.pages, dpi=dpi)
+
+
+# --------------------------------------------------------------------------------------------- the job folder
+
+
+def read_job(folder: Path) -> dict[str, Any]:
+    path = folder / JOB
+    if not path.is_file():
+        raise InvoiceVLMError(f"{folder}: no {JOB} here (not an invoice-vlm predict --out folder)")
+    try:
+        job = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvoiceVLMError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(job, dict) or job.get("generator") != GENERATOR:
+        raise InvoiceVLMError(f"{path}: not written by invoice-vlm predict --out")
+    return job
+
+
+def iter_records(folder: Path) -> Iterator[dict[str, Any]]:
+    """Every record of a job folder's finished shards, shard by shard."""
+    from ..data import json_line
+
+    for s in read_job(folder).get("shards", []):
+        path = folder / s["name"]
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield json_line(line, f"{path}:{lineno}")

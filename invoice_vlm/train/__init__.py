@@ -14,9 +14,9 @@ from .collate import Collator
 from .config import (SFT_DEFAULTS, EvalSettings, FreezeSettings, LoraSettings, QuantSettings, TrainConfig,
                      load_config)
 from .preflight import token_budget
-from .tasks import Example, build_examples, canonical_fields
+from .tasks import Example, build_examples
 from .trainer import InvoiceTrainer, TimeBudget, main
 
 __all__ = ["Collator", "TimeBudget", "SFT_DEFAULTS", "EvalSettings", "FreezeSettings", "LoraSettings", "QuantSettings",
-           "TrainConfig", "load_config", "token_budget", "Example", "build_examples", "canonical_fields",
+           "TrainConfig", "load_config", "token_budget", "Example", "build_examples",
            "InvoiceTrainer", "main"]

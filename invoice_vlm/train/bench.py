@@ -1,6 +1,7 @@
 """``invoice-vlm bench train``: our training step against a plain PyTorch loop, same model, same batches, one run.
 
-Three ways to train the tiny PaliGemma on the same synthetic pages, in the same order:
+Three ways to fine-tune a page model (a tiny random PaliGemma, the family of the hub checkpoints in
+``configs/paligemma2-*``) on the same synthetic pages, in the same order:
 
 - ``plain``: a hand-written loop (DataLoader with our collator, forward, backward, clip, AdamW step);
 - ``invoice-vlm``: ``InvoiceTrainer`` (TRL's SFTTrainer with the plain loss), as ``invoice-vlm train`` runs it;
@@ -139,7 +140,7 @@ def _run_variant(name: str, base: str, data: str, tmp: str, steps: int, warmup: 
 
 
 def bench(steps: int = 12, warmup: int = 2, batch_size: int = 8, seed: int = 0, model_cfg=None) -> list[dict]:
-    """``model_cfg``: a TinyModelConfig (default: the shipped tiny PaliGemma's architecture)."""
+    """``model_cfg``: a TinyModelConfig (default: its defaults, the tiny PaliGemma of the tests)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -167,8 +168,8 @@ def bench(steps: int = 12, warmup: int = 2, batch_size: int = 8, seed: int = 0, 
 
 # ------------------------------------------------------------------------------------------ bench collate
 def bench_collate(n: int = 64, batch_size: int = 32, rounds: int = 3, seed: int = 0, model_cfg=None) -> list[dict]:
-    """CPU milliseconds per page to collate pretraining batches (tasks as in configs/tiny/pretrain.yaml, pages
-    read from disk), with the processor's float pixels against raw uint8 pixels normalised afterwards (here on the
+    """CPU milliseconds per page to collate a page model's training batches (a tiny PaliGemma at 768 x 768; ocr
+    and extract examples, pages read from disk), with the processor's float pixels against raw uint8 pixels normalised afterwards (here on the
     CPU and counted; the trainer does it on the device). Variants alternate batch by batch, ``rounds`` times over
     the same batches, and each reports its median round; also the bytes of ``pixel_values`` a DataLoader worker
     hands over per batch."""
@@ -184,10 +185,9 @@ def bench_collate(n: int = 64, batch_size: int = 32, rounds: int = 3, seed: int 
         data = Path(tmp) / "data"
         synth.main(synth.SynthConfig(out=str(data), n=n, seed=seed, dpi=100, max_items=6, split="train=1",
                                      workers=min(2, os.cpu_count() or 1)), progress=False)
-        # the shipped model's geometry (configs/tiny/pretrain.yaml): 768 x 768 pages
         base = create_tiny(Path(tmp) / "base", model_cfg or TinyModelConfig(seed=seed, image_size=768, patch_size=32))
         _, processor = load(base)
-        ds = to_dataset(build_examples(read_split(data, "train"), {"lines": 0.6, "ocr": 0.3, "extract": 0.1}, seed))
+        ds = to_dataset(build_examples(read_split(data, "train"), {"ocr": 0.9, "extract": 0.1}, seed))
         batches = [[ds[i] for i in range(k, min(k + batch_size, len(ds)))] for k in range(0, len(ds), batch_size)]
         ref, raw = Collator(processor), Collator(processor, raw_pixels=True)
 

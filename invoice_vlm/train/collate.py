@@ -9,43 +9,6 @@ import torch
 from ..models import training_batch
 
 
-def show_band(image, window, zoom: float = 1.0) -> Any:
-    """The ``lines`` task's image: the visible band moved to the top of a white page of the same size (same scale,
-    so glyphs look exactly as on a full page); the whole page when there is no band. At the top, the first text
-    token always finds its row in the first rows of patches: with the band left at its place on the page, a model
-    trained from scratch never found it, and its vision tower collapsed to one output for every image."""
-    if not window or (window[0] <= 0 and window[1] >= 1):
-        return image
-    from PIL import Image
-
-    w, h = image.size
-    top, bottom = int(window[0] * h), int(round(window[1] * h))
-    page = Image.new(image.mode, (w, h), "white")
-    band = image.crop((0, top, w, bottom))
-    if zoom > 1:
-        band = _enlarge(band, zoom, w, h)
-    page.paste(band, (0, 0))
-    return page
-
-
-def _enlarge(band, zoom: float, w: int, h: int):
-    """The band's ink, enlarged by ``zoom`` or as far as the page allows (all of it stays visible, so the target
-    still holds). Text several times larger than on a page puts about one glyph in a patch instead of a row of them:
-    the vision tower gets a signal it can learn from, and the decoder a reason to look."""
-    from PIL import Image, ImageOps
-
-    box = ImageOps.invert(band.convert("L")).point(lambda v: 255 if v > 24 else 0).getbbox()
-    if not box:
-        return band
-    margin = 8
-    ink = band.crop((max(0, box[0] - margin), max(0, box[1] - margin), min(band.width, box[2] + margin),
-                     min(band.height, box[3] + margin)))
-    z = min(zoom, w / ink.width, h / ink.height)
-    if z <= 1:
-        return band
-    return ink.resize((int(ink.width * z), int(ink.height * z)), Image.Resampling.BICUBIC)
-
-
 class Collator:
     """Labels only the target (+ end token): image, prompt and padding tokens are -100. Nothing is truncated:
     preflight has checked the token budget before training starts."""
@@ -59,13 +22,11 @@ class Collator:
         self.image_token_id = image_token_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from .tasks import GLYPH_SIZE, render_rows
-
         if self.unit is not None:
             import numpy as np
 
             from ..rows import deskew, row_image
-            from .rowdata import row_batch
+            from ..models import row_batch
 
             crops = [np.asarray(row_image(deskew(r["image"], float(r.get("angle") or 0.0)), tuple(r["box"]),
                                           self.unit).convert("L")) for r in rows]
@@ -75,9 +36,6 @@ class Collator:
                 batch.pop(key)
             return batch
 
-        images = [render_rows(r["render"], r["target"], font_px=tuple(r.get("glyph_size") or GLYPH_SIZE),
-                              fixed=bool(r.get("glyph_fixed")))
-                  if r.get("render") else
-                  show_band(r["image"].convert("RGB"), r.get("window"), r.get("zoom") or 1.0) for r in rows]
+        images = [r["image"].convert("RGB") for r in rows]
         return training_batch(self.processor, images, [r["prompt"] for r in rows], [r["target"] for r in rows],
                               raw_pixels=self.raw_pixels)

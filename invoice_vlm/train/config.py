@@ -42,7 +42,7 @@ SFT_DEFAULTS: dict[str, Any] = {
 SFT_RESERVED = ("output_dir", "seed", "max_length", "remove_unused_columns", "dataset_kwargs", "eval_strategy",
                 "eval_steps", "metric_for_best_model", "greater_is_better", "load_best_model_at_end")
 METHODS = ("full", "lora", "qlora")
-TASKS = ("ocr", "extract", "answer", "lines", "glyphs")
+TASKS = ("ocr", "extract", "answer")
 METRICS = {"cer": False, "wer": False, "ter": False, "bleu": True, "chrf": True}  # name -> greater is better
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -114,7 +114,8 @@ class EvalSettings:
 class TrainConfig:
     model: str = field(default="invoice-vlm-tiny",
                        metadata={"help": "base model: invoice-vlm-tiny (embedded), a folder, a hub id, or "
-                                         "tiny-random[-paligemma2|-idefics3] (fresh random weights)"})
+                                         "tiny-random[-paligemma2|-idefics3|-<family>] (fresh random weights; "
+                                         "docs/fine-tuning.md)"})
     data: str = field(default="", metadata={"help": "dataset folder (imagefolder layout with splits)"})
     name: str = field(default="run", metadata={"help": "run name: the run is written to <output_root>/<name>"})
     output_root: str = field(default="runs", metadata={"help": "where runs are written"})
@@ -123,22 +124,9 @@ class TrainConfig:
     quant: QuantSettings = field(default_factory=QuantSettings)
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
     tasks: dict = field(default_factory=lambda: {"ocr": 1.0},
-                        metadata={"help": "task ratios: ocr (transcription), extract (fields as JSON), answer (QA), "
-                                          "lines (transcribe a band of rows; a pretraining curriculum step), glyphs "
-                                          "(random strings drawn in invoice fonts: only reading predicts them)"})
+                        metadata={"help": "task ratios: ocr (transcription), extract (fields as JSON), answer (QA); "
+                                          "a row reader (invoice-vlm-tiny) ignores them and reads rows"})
     repeat: int = field(default=1, metadata={"help": "passes over the training pages, each drawing tasks afresh"})
-    vision_lr_scale: float = field(default=1.0, metadata={"help": "learning-rate multiplier of the vision tower "
-                                                                  "(< 1: it moves slower than the decoder)"})
-    lines_zoom: float = field(default=1.0, metadata={"help": "lines task: enlarge each band's text by a factor drawn "
-                                                             "log-uniformly in [1, lines_zoom] (1: page scale)"})
-    glyph_size: list[float] = field(default_factory=lambda: [12.0, 18.0],
-                                    metadata={"help": "glyphs task: font size range, px on a 850 x 1100 page (big "
-                                                      "glyphs first: a curriculum from [120, 300] down to [12, 18])"})
-    glyph_chars: int = field(default=0, metadata={"help": "glyphs task: 1..N random characters in one row (0: 1-5 "
-                                                          "rows of random invoice words)"})
-    glyph_fixed: bool = field(default=False, metadata={"help": "glyphs task: one font, size (the middle of "
-                                                               "glyph_size) and place for every image: the first "
-                                                               "stage of reading"})
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig,
                                   metadata={"help": "architecture of a tiny-random model (ignored otherwise)"})
     prompt: str = field(default="ocr", metadata={"help": "prompt of the transcription task"})
@@ -190,18 +178,6 @@ class TrainConfig:
                 raise ValueError(f"tasks.{task}: expected a ratio >= 0, got {ratio!r}")
         if not sum(self.tasks.values()) > 0:
             raise ValueError("tasks: the ratios add up to 0")
-        if not self.lines_zoom >= 1:
-            raise ValueError(f"lines_zoom: expected a number >= 1, got {self.lines_zoom!r}")
-        g = self.glyph_size
-        if not (isinstance(g, (list, tuple)) and len(g) == 2 and all(isinstance(v, (int, float)) for v in g)
-                and 4 <= g[0] <= g[1]):
-            raise ValueError(f"glyph_size: expected [smallest, largest] font px with 4 <= smallest <= largest, got {g!r}")
-        if not (isinstance(self.glyph_chars, int) and self.glyph_chars >= 0):
-            raise ValueError(f"glyph_chars: expected an integer >= 0, got {self.glyph_chars!r}")
-        if not isinstance(self.glyph_fixed, bool):
-            raise ValueError(f"glyph_fixed: expected true or false, got {self.glyph_fixed!r}")
-        if not self.vision_lr_scale > 0:
-            raise ValueError(f"vision_lr_scale: expected a number > 0, got {self.vision_lr_scale!r}")
         f = self.freeze
         if f.vision and f.projector and f.language and self.method == "full":
             raise ValueError("freeze: everything is frozen; nothing would train")

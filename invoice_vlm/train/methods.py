@@ -1,8 +1,10 @@
 """Full fine-tuning, LoRA, QLoRA, and freezing parts of the model.
 
-Parts are found by parameter path, per family: vision tower (``vision_tower`` PaliGemma, ``vision_model``
-Idefics3, ``visual`` Qwen2-VL), projector (``multi_modal_projector``, ``connector``, ``visual.merger``) and
-language model (``language_model``, ``text_model``, ``lm_head``).
+Parts are found by parameter path, per family: vision tower (``vision_tower`` PaliGemma and Gemma 3,
+``vision_model`` Idefics3, ``visual`` Qwen2-VL and PaddleOCR-VL, ``vision_encoder`` LightOnOCR), projector
+(``multi_modal_projector``, ``connector``, ``visual.merger``, ``projector`` PaddleOCR-VL, ``vision_projection``
+LightOnOCR, DeepSeek-OCR 2's ``view_separator`` embedding) and language model (``language_model``, ``text_model``,
+``lm_head``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import torch
 from ..common import InvoiceVLMError
 from .config import TrainConfig
 
-_PROJECTOR = ("multi_modal_projector", "connector", "visual.merger")
-_VISION = ("vision_tower", "vision_model", "visual")
+_PROJECTOR = ("multi_modal_projector", "connector", "visual.merger", "projector", "vision_projection",
+              "view_separator")
+_VISION = ("vision_tower", "vision_model", "visual", "vision_encoder")
 _LANGUAGE = ("language_model", "text_model", "lm_head")
 
 
@@ -29,6 +32,16 @@ def part_of(name: str) -> str:
     if any(p in parts for p in _LANGUAGE):
         return "language"
     return "other"
+
+
+def base_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    """The dtype the base is loaded in: bf16 for LoRA and QLoRA on a GPU with bf16 (the frozen base needs no fp32
+    master copy: half the weights' memory, as TRL's and Google's PaliGemma LoRA recipes load it; peft keeps the
+    adapters in fp32); fp32 (None: ``models.load``'s default) for full fine-tuning, which keeps fp32 master weights,
+    and on a CPU."""
+    if cfg.method in ("lora", "qlora") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def quantization_config(cfg: TrainConfig):

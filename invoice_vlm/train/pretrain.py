@@ -220,9 +220,9 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     from safetensors.torch import load_file
     from transformers import AutoProcessor, FastVlmForConditionalGeneration
 
-    from ..models import build_char_tokenizer, build_row_model, build_row_processor, row_model_inputs
-    from ..rows import ReadingUnit
-    from .rowdata import RowSampler, chars_of, greedy_ctc, row_batch
+    from ..models import (ReadingUnit, build_char_tokenizer, build_row_model, build_row_processor, row_batch,
+                          row_model_inputs)
+    from .rowdata import RowSampler, chars_of, greedy_ctc
 
     run_dir = cfg.run_dir
     if run_dir.exists() and checkpoints(run_dir) and not resume:

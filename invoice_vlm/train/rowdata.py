@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..rows import ReadingUnit, match_rows, row_image, segment, ink_box
+from ..models import ReadingUnit
+from ..rows import ink_box, match_rows, row_image, segment
 
 # ------------------------------------------------------------------------------------------- row bank
 
@@ -242,42 +243,6 @@ def degrade(row: np.ndarray, rng: random.Random) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- batches
-
-def row_batch(rows: Sequence[np.ndarray], texts: Sequence[str] | None, tokenizer, unit: ReadingUnit,
-              image_token_id: int) -> dict[str, torch.Tensor]:
-    """Model inputs for rows (uint8, height x width each): pixels padded white to one width, then
-    [<image> x cells, <bos>] (+ target + <eos> with labels when ``texts`` is given). ``ctc_targets`` and
-    ``image_columns`` (each row's own width in feature columns) feed a CTC head."""
-    widths = [r.shape[1] for r in rows]
-    width = -(-max(widths) // unit.multiple) * unit.multiple
-    pix = np.full((len(rows), unit.height, width), 255, np.uint8)
-    for i, r in enumerate(rows):
-        pix[i, :, :r.shape[1]] = r
-    x = torch.from_numpy(pix).float().div_(127.5).sub_(1.0)  # the processor's rescale + normalise (mean=std=0.5)
-    pixel_values = x[:, None].expand(-1, 3, -1, -1).contiguous()
-    cells = (unit.height // unit.multiple) * (width // unit.multiple)
-    head = [image_token_id] * cells + [tokenizer.bos_token_id]
-    out: dict[str, torch.Tensor] = {"pixel_values": pixel_values,
-                                    "image_columns": torch.tensor([-(-w // unit.multiple) for w in widths])}
-    if texts is None:
-        ids = torch.tensor([head] * len(rows))
-        out.update(input_ids=ids, attention_mask=torch.ones_like(ids))
-        return out
-    targets = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    length = len(head) + max(len(t) for t in targets) + 1
-    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for i, t in enumerate(targets):
-        seq = head + t + [tokenizer.eos_token_id]
-        ids[i, :len(seq)] = torch.tensor(seq)
-        labels[i, len(head):len(seq)] = torch.tensor(t + [tokenizer.eos_token_id])
-        mask[i, :len(seq)] = 1
-    out.update(input_ids=ids, attention_mask=mask, labels=labels,
-               ctc_targets=torch.tensor([c for t in targets for c in t], dtype=torch.long),
-               ctc_lengths=torch.tensor([len(t) for t in targets]))
-    return out
-
 
 class RowSampler:
     """Batch ``step`` of a run: which rows (from the banks, each draw from one width bucket so little is padding),

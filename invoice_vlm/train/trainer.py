@@ -36,39 +36,15 @@ class InvoiceTrainer(SFTTrainer):
 
     ``compute_loss``: the model's own cross-entropy, from the logits of the labelled positions only. TRL's adds
     token-accuracy and entropy metrics through a fused, chunked log-prob pass that, off Triton, scores every
-    position (image tokens included) a second time: a third of a CPU step for the tiny model (``invoice-vlm bench
-    train`` measures both, and the loss from every position's logits).
+    position (image tokens included) a second time: a third of a CPU step for the tiny PaliGemma (``invoice-vlm
+    bench train`` measures both, and the loss from every position's logits).
     ``evaluate``: greedy generation on the whole evaluation split, scored with BLEU, TER, CER, WER and chrF, so
     the best checkpoint and early stopping follow the metric people care about, not the loss.
     """
 
-    def __init__(self, *args, generation_eval=None, vision_lr_scale: float = 1.0, **kwargs):
-        self.vision_lr_scale = vision_lr_scale
+    def __init__(self, *args, generation_eval=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_eval = generation_eval
-
-    def create_optimizer(self, model=None):
-        """Trainer's optimizer, with the vision tower's parameters in groups of their own at ``vision_lr_scale``
-        times the learning rate (the scheduler scales each group from its own initial rate)."""
-        optimizer = super().create_optimizer(model)
-        if self.vision_lr_scale == 1.0:
-            return optimizer
-        from .methods import part_of
-
-        names = {id(p): n for n, p in (model or self.model).named_parameters()}
-        groups = []
-        for g in optimizer.param_groups:
-            vision = [p for p in g["params"] if part_of(names.get(id(p), "")) == "vision"]
-            rest = [p for p in g["params"] if part_of(names.get(id(p), "")) != "vision"]
-            settings = {k: v for k, v in g.items() if k != "params"}
-            if rest:
-                groups.append({**settings, "params": rest})
-            if vision:
-                groups.append({**settings, "params": vision, "lr": g["lr"] * self.vision_lr_scale})
-        optimizer.param_groups.clear()
-        for g in groups:
-            optimizer.add_param_group(g)
-        return optimizer
 
     def _init_training_state(self, max_steps, *args, **kwargs):
         out = super()._init_training_state(max_steps, *args, **kwargs)
@@ -86,9 +62,9 @@ class InvoiceTrainer(SFTTrainer):
             inputs["pixel_values"] = normalize_pixels(pixels, self.processing_class.image_processor)
         return inputs
 
-    # Logits only from the first labelled position on: the 576 image tokens and the prompt carry no loss, yet the
-    # model's own loss path projects every position onto the vocabulary (a tenth of a tiny-model CPU step on short
-    # targets). The same loss: the model shifts the cut labels against the cut logits exactly as the whole ones.
+    # Logits only from the first labelled position on: the image tokens and the prompt carry no loss, yet the
+    # model's own loss path projects every position onto the vocabulary (a tenth of a tiny PaliGemma's CPU step on
+    # short targets). The same loss: the model shifts the cut labels against the cut logits exactly as the whole ones.
     logits_where_labelled = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -335,8 +311,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
         if not examples:
             raise InvoiceVLMError(f"{cfg.data}: no page could be cut into rows that match its text")
     else:
-        examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat, cfg.lines_zoom,
-                                  tuple(cfg.glyph_size), cfg.glyph_chars, cfg.glyph_fixed)
+        examples = build_examples(samples, cfg.tasks, cfg.seed, cfg.prompt, cfg.repeat)
     eval_samples = []
     if cfg.eval.steps:
         eval_samples = read_split(cfg.data, cfg.eval.split)
@@ -357,7 +332,8 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
             raise InvoiceVLMError("method qlora needs bitsandbytes: pip install 'invoice-vlm[gpu]' "
                                   "(or pip install bitsandbytes)")
         quant = methods.quantization_config(cfg)
-    model, processor = load(base, trust_remote_code=cfg.trust_remote_code, quantization_config=quant)
+    model, processor = load(base, dtype=methods.base_dtype(cfg), trust_remote_code=cfg.trust_remote_code,
+                            quantization_config=quant)
     model, params = methods.apply(cfg, model)
     model.train()
     checks = preflight.check(cfg, model, processor, examples, unit)
@@ -394,7 +370,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     trainer = InvoiceTrainer(model=model, args=_sft_args(cfg, run_dir), train_dataset=train_ds,
                              eval_dataset=train_ds.select(range(1)) if cfg.eval.steps else None,
                              processing_class=processor, data_collator=collator, callbacks=cbs,
-                             generation_eval=generation_eval, vision_lr_scale=cfg.vision_lr_scale)
+                             generation_eval=generation_eval)
     if resume_from and main_process:  # a cut-short checkpoint would be rewritten in place, or outlive good ones
         for c in run_dir.glob("checkpoint-*"):
             if c.is_dir() and c.name.split("-")[-1].isdigit() and c not in done:

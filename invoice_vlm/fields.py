@@ -1,6 +1,8 @@
-"""Key fields: normalisation, a rule-based extractor from plain OCR text, and per-field scoring.
+"""Key fields, in one place: the ``extract`` task's prompt and target, reading fields back from a model's answer or
+from plain OCR text, normalisation, and per-field scoring. Pure functions, importing nothing of invoice_vlm: the
+engine, the trainer, the evaluation harness and the server all use them.
 
-The evaluation harness scores field extraction with these pure functions and writes ``fields.json``::
+The evaluation harness scores field extraction with them and writes ``fields.json``::
 
     refs = [sample.fields for sample in samples]             # synthetic records or the real-invoice manifest
     preds = [parse_prediction(text)[0] for text in outputs]  # the model's ``extract`` output
@@ -23,6 +25,24 @@ from collections import Counter
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
+
+# The extract task: a model is asked EXTRACT_PROMPT and answers canonical_fields(sample.fields).
+EXTRACT_PROMPT = "extract"
+FIELD_ORDER = ("invoice_number", "date", "due_date", "vendor", "vendor_address", "customer", "customer_address",
+               "currency", "subtotal", "tax", "total", "line_items")
+ITEM_ORDER = ("description", "quantity", "unit_price", "amount")
+
+
+def canonical_fields(fields: dict[str, Any]) -> str:
+    """The extraction target: key fields as printed, in schema order, compact JSON."""
+    out: dict[str, Any] = {}
+    for key in FIELD_ORDER:
+        if key == "line_items":
+            out[key] = [{k: item.get(k, "") for k in ITEM_ORDER} for item in fields.get(key) or []]
+        elif key in fields:
+            out[key] = fields[key]
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
 
 KEY_FIELDS = ("invoice_number", "date", "due_date", "vendor", "customer", "currency", "subtotal", "tax", "total")
 DATE_FIELDS = ("date", "due_date")
@@ -495,7 +515,6 @@ _FIELD_ROW = re.compile(r"^[^:]{1,30}:\s*(.*)$")  # "Nummer : 549910", "Name: AC
 _AMOUNT_SEARCH = re.compile(
     rf"(?:[(]\s?)?(?:[{_MINUS_CHARS}]\s?)?(?:{_AMOUNT_CURRENCY}\s?)?(?:[{_MINUS_CHARS}]\s?)?"
     rf"(?<![\d.,]){_NUMBER}(?![\d])(?:\s?{_AMOUNT_CURRENCY})?(?:\s?\))?", re.IGNORECASE)
-_PERCENT = re.compile(r"\d+(?:[.,]\d+)?\s?%")
 _SEG_STRIP = _SPACE_CHARS + "\t:;|"
 
 
