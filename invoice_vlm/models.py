@@ -270,11 +270,17 @@ def build_row_model(cfg: RowModelConfig, tokenizer):
     return model
 
 
+# White added to the right of every row before it is encoded, part of the row (attended, the same in every batch):
+# the tower's last columns then see paper, as they did when rows were trained padded to a wider neighbour.
+ROW_MARGIN = 192
+
+
 def row_batch(rows: Sequence[np.ndarray], texts: Sequence[str] | None, tokenizer, unit: ReadingUnit,
               image_token_id: int) -> dict[str, torch.Tensor]:
     """Model inputs for rows (uint8, height x width each): pixels padded white to one width, then
     [<image> x cells, <bos>] (+ target + <eos> with labels when ``texts`` is given). ``ctc_targets`` and
     ``image_columns`` (each row's own width in feature columns) feed a CTC head."""
+    rows = [np.pad(r, ((0, 0), (0, ROW_MARGIN)), constant_values=255) for r in rows] if ROW_MARGIN else rows
     widths = [r.shape[1] for r in rows]
     width = -(-max(widths) // unit.multiple) * unit.multiple
     pix = np.full((len(rows), unit.height, width), 255, np.uint8)

@@ -133,7 +133,10 @@ def test_row_batch_equals_what_the_processor_gives_and_logits_survive_a_reload(r
     rng = random.Random(0)
     rows = [draw_string(rng, t, unit) for t in ("Total 12,50 €", "INV-0042")]
     ours = row_batch(rows, None, processor.tokenizer, unit, model.config.image_token_index)
-    images = pad_batch([Image.fromarray(r).convert("RGB") for r in rows], unit)
+    from invoice_vlm.models import ROW_MARGIN  # the engine's white margin is part of every row
+
+    images = pad_batch([Image.fromarray(np.pad(r, ((0, 0), (0, ROW_MARGIN)), constant_values=255)).convert("RGB")
+                        for r in rows], unit)
     theirs = processor(images=images, text=["<image><bos>"] * 2, return_tensors="pt")
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     assert torch.allclose(ours["pixel_values"], theirs["pixel_values"], atol=1e-6)
