@@ -227,6 +227,21 @@ def _padded(left: int, top: int, right: int, bottom: int, shape: tuple[int, ...]
     return (max(0, left - pad_h), max(0, top - pad_v), min(shape[1], right + pad_h), min(shape[0], bottom + pad_v))
 
 
+def tighten(gray: np.ndarray, box: Sequence[float]) -> tuple[float, float, float, float] | None:
+    """A text-layer row's box (pixels; the segmentation benchmark's truth, the PDF row bank's crops) shrunk to the ink inside it (one pixel of slack around the box); None when
+    nothing is drawn there (white or hidden text)."""
+    h, w = gray.shape
+    left, top = max(0, int(box[0]) - 1), max(0, int(box[1]) - 1)
+    right, bottom = min(w, int(np.ceil(box[2])) + 1), min(h, int(np.ceil(box[3])) + 1)
+    if right - left < 2 or bottom - top < 2:
+        return None
+    ink = ink_mask(gray[top:bottom, left:right])
+    cols, lines = np.flatnonzero(ink.any(axis=0)), np.flatnonzero(ink.any(axis=1))
+    if len(cols) == 0:
+        return None
+    return (float(left + cols[0]), float(top + lines[0]), float(left + cols[-1] + 1), float(top + lines[-1] + 1))
+
+
 def ink_box(image: Image.Image) -> Box | None:
     """The padded box around all the ink of an image that shows one row (drawn training strings)."""
     ink = ink_mask(np.asarray(image.convert("L")))

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from ..common import InvoiceVLMError
-from ..rows import SEGMENTER_VERSION, deskew, ink_mask, segment, skew_angle
+from ..rows import SEGMENTER_VERSION, deskew, segment, skew_angle, tighten
 from .engines import group_rows
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom, pixels
@@ -100,21 +100,6 @@ CANDIDATES: dict[str, Callable[[Image.Image], Cut]] = {"own": own, "rapidocr": r
 
 
 # ------------------------------------------------------------------------------------------------ truth
-
-
-def tighten(gray: np.ndarray, box: Box) -> Box | None:
-    """A text-layer row's box (pixels) shrunk to the ink inside it (one pixel of slack around the box); None when
-    nothing is drawn there (white or hidden text)."""
-    h, w = gray.shape
-    left, top = max(0, int(box[0]) - 1), max(0, int(box[1]) - 1)
-    right, bottom = min(w, math.ceil(box[2]) + 1), min(h, math.ceil(box[3]) + 1)
-    if right - left < 2 or bottom - top < 2:
-        return None
-    ink = ink_mask(gray[top:bottom, left:right])
-    cols, lines = np.flatnonzero(ink.any(axis=0)), np.flatnonzero(ink.any(axis=1))
-    if len(cols) == 0:
-        return None
-    return (float(left + cols[0]), float(top + lines[0]), float(left + cols[-1] + 1), float(top + lines[-1] + 1))
 
 
 def page_truth(page, dpi: int, gray: np.ndarray) -> tuple[list[Box], list[Box]]:

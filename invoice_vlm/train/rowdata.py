@@ -340,7 +340,7 @@ def _pdf_page_rows(args: tuple) -> tuple[list[tuple[np.ndarray, str]], dict[str,
     import pypdfium2 as pdfium
 
     from ..data import pdf_rows
-    from ..rows import _padded, ink_mask, row_image
+    from ..rows import _padded, row_image, tighten
 
     path, index, dpi, unit, chars, most, seed = args
     reasons: dict[str, int] = {}
@@ -383,13 +383,11 @@ def _pdf_page_rows(args: tuple) -> tuple[list[tuple[np.ndarray, str]], dict[str,
         if left < 0 or top < 0 or right > gray.shape[1] or bottom > gray.shape[0] or bottom - top < 4:
             drop("outside the page or too small")
             continue
-        ink = ink_mask(gray[top:bottom, left:right])
-        cols, lines = np.flatnonzero(ink.any(axis=0)), np.flatnonzero(ink.any(axis=1))
-        if len(cols) == 0 or cols[-1] - cols[0] + 1 < 0.8 * (right - left) or lines[-1] - lines[0] + 1 < 0.4 * (bottom - top):
+        tight = tighten(gray, [v * scale for v in r.box])
+        if tight is None or tight[2] - tight[0] < 0.8 * (right - left) or tight[3] - tight[1] < 0.4 * (bottom - top):
             drop("ink and text disagree")  # hidden, white-on-white or clipped text
             continue
-        box = _padded(left + int(cols[0]), top + int(lines[0]), left + int(cols[-1]) + 1, top + int(lines[-1]) + 1,
-                      gray.shape)
+        box = _padded(*(int(v) for v in tight), gray.shape)
         out.append((np.asarray(row_image(image, box, unit).convert("L")), text))
     if len(out) > most:
         out = random.Random(seed).sample(out, most)
