@@ -21,6 +21,51 @@ TINY = dict(image_size=64, patch_size=16, vision_hidden=32, vision_layers=2, vis
             bpe_vocab=600, max_position_embeddings=1024)
 
 
+ROW_LINES = ["Invoice Number: 42183017", "Bill to Address: 93B Sai Yu Chung", "Total due 1,234.50 EUR"]
+
+
+def write_rows_pdf(path: Path, extra: str = "") -> None:
+    """A one-page PDF: three plain rows, a rotated one, an invisible one (an OCR layer's render mode 3), and two
+    rows set on top of each other."""
+    from reportlab.pdfgen import canvas
+
+    c = canvas.Canvas(str(path), pagesize=(600, 800))
+    for k, line in enumerate(ROW_LINES):
+        c.setFont("Helvetica", 14)
+        c.drawString(50, 750 - 40 * k, line + extra)
+    c.saveState()
+    c.translate(500, 300)
+    c.rotate(90)
+    c.drawString(0, 0, "Rotated margin note")
+    c.restoreState()
+    c.drawString(50, 400, "Overprinted first")
+    c.drawString(60, 396, "Overprinted second")
+    t = c.beginText(50, 500)
+    t.setTextRenderMode(3)
+    t.setFont("Helvetica", 14)
+    t.textOut("Invisible OCR text")
+    c.drawText(t)
+    c.showPage()
+    c.save()
+
+
+@pytest.fixture(scope="session")
+def pdf_bank(tmp_path_factory) -> Path:
+    """A row bank cut from a few generated PDFs (what `invoice-vlm pdf-bank` builds), for the embedded reader's
+    32 px rows."""
+    from invoice_vlm.models import ReadingUnit
+    from invoice_vlm.train.rowdata import PdfBankConfig, build_pdf_bank
+
+    root = tmp_path_factory.mktemp("pdf-bank")
+    (root / "pdfs").mkdir()
+    for k in range(6):
+        write_rows_pdf(root / "pdfs" / f"doc{k}.pdf", extra=f" {k}")
+    chars = "".join(sorted(set("".join(ROW_LINES) + "0123456789 ")))
+    build_pdf_bank(PdfBankConfig(pdfs=str(root / "pdfs"), out=str(root / "bank.npz"), workers=1, dpis=[150]),
+                   ReadingUnit(height=32, max_width=1536, multiple=16), chars, progress=False, say=lambda _: None)
+    return root / "bank.npz"
+
+
 @pytest.fixture(scope="session")
 def corpus() -> list[str]:
     return text_corpus(60)

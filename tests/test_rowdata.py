@@ -14,32 +14,7 @@ from invoice_vlm.models import ReadingUnit
 from invoice_vlm.train.rowdata import (PdfBankConfig, RowBank, build_pdf_bank, draw_string, held_out_path,
                                        row_fonts)
 
-LINES = ["Invoice Number: 42183017", "Bill to Address: 93B Sai Yu Chung", "Total due 1,234.50 EUR"]
-
-
-def _pdf(path, extra: str = "") -> None:
-    """A one-page PDF: three plain rows, a rotated one, an invisible one (an OCR layer's render mode 3), and two
-    rows set on top of each other."""
-    from reportlab.pdfgen import canvas
-
-    c = canvas.Canvas(str(path), pagesize=(600, 800))
-    for k, line in enumerate(LINES):
-        c.setFont("Helvetica", 14)
-        c.drawString(50, 750 - 40 * k, line + extra)
-    c.saveState()
-    c.translate(500, 300)
-    c.rotate(90)
-    c.drawString(0, 0, "Rotated margin note")
-    c.restoreState()
-    c.drawString(50, 400, "Overprinted first")
-    c.drawString(60, 396, "Overprinted second")
-    t = c.beginText(50, 500)
-    t.setTextRenderMode(3)
-    t.setFont("Helvetica", 14)
-    t.textOut("Invisible OCR text")
-    c.drawText(t)
-    c.showPage()
-    c.save()
+from conftest import ROW_LINES as LINES, write_rows_pdf as _pdf
 
 
 def test_pdf_rows_give_the_text_layer_rows_and_mark_what_cannot_be_trusted(tmp_path):

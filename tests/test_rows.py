@@ -231,14 +231,15 @@ def test_row_examples_pair_each_box_with_its_line(pages):
 
 
 @pytest.mark.slow
-def test_pretraining_resumes_exactly(pages, tmp_path):
+def test_pretraining_resumes_exactly(pages, pdf_bank, tmp_path):
     from safetensors.torch import load_file
 
     from invoice_vlm.train import pretrain
 
     sets = [f"data=[{pages}]", "split=train", "eval_split=test", f"output_dir={tmp_path}", "batch_size=4",
             "save_steps=2", "log_steps=2", "eval_steps=0", "threads=1", "workers=1", "max_steps=4",
-            "stages=[{until: 2, strings: 1.0}, {until: 0, strings: 0.5}]", "model.height=16", "model.max_width=256",
+            f"pdf_banks=[{pdf_bank}]", "font_packages=[fonts-dejavu-core]",
+            "stages=[{until: 2, strings: 1.0}, {until: 0, strings: 0.5, real: 0.5}]", "model.height=16", "model.max_width=256",
             "model.stem=8", "model.widths=[16, 32]", "model.depths=[1, 1]", "model.text_hidden=64",
             "model.text_layers=2", "model.text_heads=2", "model.text_intermediate=128"]
     whole = pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["name=whole"]), progress=False)
