@@ -96,7 +96,7 @@ def _print_bench(title: str, rows: list[dict], columns: dict[str, str]) -> None:
     for heading in columns.values():
         table.add_column(heading, justify="right")
     for r in rows:
-        table.add_row(*(str(r[c]) for c in columns))
+        table.add_row(*(str(r.get(c, "")) for c in columns))
     out.print(table)
     out.print_json(json.dumps(rows))
 
@@ -234,7 +234,8 @@ def bench_segment(
                          "candidate": "candidate", "rows": "rows", "found_pct": "found %",
                          "merged_pct": "merged %", "split_pct": "split %", "missed_pct": "missed %",
                          "boxes": "boxes", "extra_pct": "extra boxes %", "cpu_ms": "CPU ms/page",
-                         "wall_ms": "wall ms/page"})
+                         "wall_ms": "wall ms/page", **({"order_cer_pct": "order CER %"} if "order_cer_pct" in rows[0]
+                                                       else {})})
         for line in report["skipped"]:
             err.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
         out.print(f"wrote {cfg.out}")

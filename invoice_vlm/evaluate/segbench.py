@@ -102,8 +102,9 @@ CANDIDATES: dict[str, Callable[[Image.Image], Cut]] = {"own": own, "rapidocr": r
 # ------------------------------------------------------------------------------------------------ truth
 
 
-def page_truth(page, dpi: int, gray: np.ndarray) -> tuple[list[Box], list[Box]]:
-    """(rows to find, rows left out) of a pdfium page rendered at ``dpi`` as ``gray``, as boxes in pixels."""
+def page_truth(page, dpi: int, gray: np.ndarray, texts: list | None = None) -> tuple[list[Box], list[Box]]:
+    """(rows to find, rows left out) of a pdfium page rendered at ``dpi`` as ``gray``, as boxes in pixels. With
+    ``texts``, each row drawn on the page (trusted or not) is appended as (box, text), in the text layer's order."""
     from ..data import pdf_rows
 
     scale = dpi / 72
@@ -117,7 +118,23 @@ def page_truth(page, dpi: int, gray: np.ndarray) -> tuple[list[Box], list[Box]]:
             left_out.append(tight or box)
         else:
             truth.append(tight)
+        if texts is not None and tight is not None and r.problem != "invisible text":
+            texts.append((tight, r.text))
     return truth, left_out
+
+
+def assemble(rows: Sequence[tuple[Box, str]], boxes: Sequence[Box]) -> str:
+    """A page's text as a reader that reads every box perfectly would write it: each text-layer row goes to the box
+    that covers most of it (none: lost), a box's rows are joined left to right by a space, the boxes in the
+    candidate's order by a newline. Against the page's reference this measures the candidate's grouping and reading
+    order alone (issue 27's multi-column figure)."""
+    held: list[list[tuple[float, str]]] = [[] for _ in boxes]
+    for (l, t, r, b), text in rows:
+        area = max(1e-6, (r - l) * (b - t))
+        overlaps = [max(0.0, min(r, x1) - max(l, x0)) * max(0.0, min(b, y1) - max(t, y0)) for x0, y0, x1, y1 in boxes]
+        if overlaps and max(overlaps) >= 0.5 * area:
+            held[int(np.argmax(overlaps))].append((l, text))
+    return "\n".join(" ".join(t for _, t in sorted(h, key=lambda x: x[0])) for h in held if h)
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -275,7 +292,7 @@ def list_pages(data: str) -> list[tuple[str, Path, int]]:
     return out
 
 
-def _load(pdf_path: Path, index: int, dpi: int) -> tuple[Image.Image, list[Box], list[Box]]:
+def _load(pdf_path: Path, index: int, dpi: int, texts: list | None = None) -> tuple[Image.Image, list[Box], list[Box]]:
     from ..data import _open_pdf, _render
 
     pdf = _open_pdf(pdf_path)
@@ -283,10 +300,25 @@ def _load(pdf_path: Path, index: int, dpi: int) -> tuple[Image.Image, list[Box],
         if not 0 <= index < len(pdf):
             raise InvoiceVLMError(f"{pdf_path}: no page {index + 1}")
         image = _render(pdf, index + 1, str(pdf_path), dpi)
-        truth, left_out = page_truth(pdf[index], dpi, np.asarray(image.convert("L")))
+        truth, left_out = page_truth(pdf[index], dpi, np.asarray(image.convert("L")), texts)
     finally:
         pdf.close()
     return image, truth, left_out
+
+
+def references(data: str) -> dict[str, str]:
+    """Page references of a manifest by record id ({} for a folder of PDFs)."""
+    from ..data import inside
+
+    if Path(data).is_dir():
+        return {}
+    refs = {}
+    for line in Path(data).read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+            ref = inside(Path(data).parent, rec["text"], str(data), "the manifest's folder")
+            refs[str(rec.get("id"))] = ref.read_text(encoding="utf-8").strip()
+    return refs
 
 
 def degrade(image: Image.Image, preset: str, seed: int) -> Image.Image:
@@ -310,12 +342,31 @@ def run(cfg: SegBenchConfig, progress: bool = True) -> dict:
     if not pages:
         raise InvoiceVLMError(f"{cfg.data}: no PDF pages")
     candidates = {name: CANDIDATES[name] for name in cfg.candidates}
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # the segmenter's morphology (OpenCV) on one core, as every candidate runs
+    try:
+        return _run(cfg, pages, candidates, progress)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _run(cfg: SegBenchConfig, pages: list, candidates: dict, progress: bool) -> dict:
+    from rich.progress import track
+
+    from ..common import environment_info, write_json
+
     results: dict[str, list[dict]] = {name: [] for name in candidates}
+    refs = references(cfg.data)
+    order: dict[str, list[str]] = {name: [] for name in ["text layer", *candidates]}  # assembled page texts
+    order_refs: list[str] = []
     skipped: list[str] = []
     warm = False
     for k, (pid, pdf_path, index) in enumerate(track(pages, description="pages", disable=not progress)):
+        texts: list[tuple[Box, str]] = []
         try:
-            image, truth, left_out = _load(pdf_path, index, cfg.dpi)
+            image, truth, left_out = _load(pdf_path, index, cfg.dpi, texts)
         except InvoiceVLMError as e:
             skipped.append(str(e))
             continue
@@ -336,6 +387,12 @@ def run(cfg: SegBenchConfig, progress: bool = True) -> dict:
             scores = score_page(map_boxes(truth, to_cut), cut.boxes, map_boxes(left_out, to_cut))
             results[name].append({"id": pid, **scores, "left_out": len(left_out), "angle": cut.angle,
                                   "wall_ms": round(1000 * wall, 1), "cpu_ms": round(1000 * cpu, 1)})
+            if pid in refs:
+                order[name].append(assemble(list(zip(map_boxes([b for b, _ in texts], to_cut),
+                                                     [t for _, t in texts])), cut.boxes))
+        if pid in refs:
+            order_refs.append(refs[pid])
+            order["text layer"].append("\n".join(t for _, t in texts))
     if not any(results.values()):
         raise InvoiceVLMError(f"{cfg.data}: no page could be read ({skipped[0] if skipped else 'none listed'})")
     from importlib.metadata import PackageNotFoundError, version
@@ -348,6 +405,13 @@ def run(cfg: SegBenchConfig, progress: bool = True) -> dict:
             versions[package] = "not installed"
     versions["segmenter_version"] = SEGMENTER_VERSION
     summary = [summarize(name, results[name]) for name in candidates]
+    if order_refs:  # page CER of perfect row texts grouped and ordered by each candidate (the text layer's own: the floor)
+        from . import cer
+
+        for line in summary:
+            line["order_cer_pct"] = round(100 * cer(order[line["candidate"]], order_refs), 2)
+        summary.append({"candidate": "text layer", "pages": len(order_refs),
+                        "order_cer_pct": round(100 * cer(order["text layer"], order_refs), 2)})
     report = {"config": asdict(cfg), "versions": versions, "summary": summary, "skipped": skipped,
               "pages": results}
     out = Path(cfg.out)
@@ -367,7 +431,6 @@ def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 
     its own text (the reader alone); and each page as the reader writes it from all its inked rows in reading order
     against the page's reference, next to the same page read through the segmenter (``Predictor.predict``): what
     the segmenter costs. Manifests only (the page references come from them)."""
-    from ..data import inside
     from ..infer import Predictor
     from ..rows import _padded, row_image
     from . import cer
@@ -376,12 +439,7 @@ def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 
     if Path(data).is_dir():
         raise InvoiceVLMError(f"{data}: the reader benchmark needs a manifest (page references)")
     pages = pages[:limit] if limit else pages
-    refs = {}
-    for line in Path(data).read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line) if line.strip() else {}
-        if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-            ref = inside(Path(data).parent, rec["text"], str(data), "the manifest's folder")
-            refs[str(rec.get("id"))] = ref.read_text(encoding="utf-8").strip()
+    refs = references(data)
     engine = Predictor.from_pretrained(model, device="cpu")
     from ..data import _open_pdf, _render, pdf_rows
     from rich.progress import track
