@@ -196,6 +196,8 @@ def bench_predict(
         least = f"at least {min_new_tokens} new tokens a page, " if min_new_tokens else ""
         columns = {"variant": "variant", "batch": "batch", "pages_per_s": "pages/s", "vs_naive": "vs naive",
                    "p50_s": "p50 s", "p95_s": "p95 s", "seconds": "seconds", "identical": "same text", "cer": "CER"}
+        if any("prepare_ms" in r for r in rows):
+            columns.update(prepare_ms="prepare ms/page", read_ms="read ms/page")
         if ray:
             columns["vs_single"] = "vs 1 process"
             for r in rows:

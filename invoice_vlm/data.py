@@ -23,7 +23,7 @@ import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -52,20 +52,6 @@ class Sample:
         row = asdict(self)
         row.pop("image")
         return {"file_name": self.image.relative_to(folder).as_posix(), **row}
-
-
-def split_dir(root: str | Path, split: str) -> Path:
-    return Path(root) / split
-
-
-def write_split(folder: Path, samples: Iterable[Sample]) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(folder / METADATA, "w", encoding="utf-8") as f:
-        for s in samples:
-            f.write(json.dumps(s.to_metadata(folder), ensure_ascii=False) + "\n")
-            n += 1
-    return n
 
 
 def metadata_files(folder: Path) -> list[Path]:

@@ -192,12 +192,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 model_id = "{name}"
 processor = AutoProcessor.from_pretrained(model_id)
 model = AutoModelForImageTextToText.from_pretrained(model_id)
-row = Image.open("row.png").convert("RGB")  # one text row, cut from a page
-# height {height} px; width a multiple of {multiple} (white on the right)
-width = -(-max(1, round(row.width * {height} / row.height)) // {multiple}) * {multiple}
-canvas = Image.new("RGB", (width, {height}), "white")
-canvas.paste(row.resize((min(width, round(row.width * {height} / row.height)), {height})), (0, 0))
-inputs = processor(images=canvas, text="<image><bos>", return_tensors="pt").to(model.dtype)
+row = Image.open("row.png").convert("L")  # one text row, cut from a page
+# as the model reads every row: {height} px high (at most {max_width} px wide), then {margin} px of white paper, on
+# a canvas a multiple of {multiple} px wide
+width = max({multiple}, min({max_width}, round(row.width * {height} / row.height)))
+canvas = Image.new("L", (-(-(width + {margin}) // {multiple}) * {multiple}, {height}), 255)
+canvas.paste(row.resize((width, {height}), Image.Resampling.BILINEAR), (0, 0))
+inputs = processor(images=canvas.convert("RGB"), text="<image><bos>", return_tensors="pt").to(model.dtype)
 out = model.generate(**inputs, max_new_tokens={max_new_tokens}, do_sample=False)
 print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())'''
 
@@ -293,8 +294,10 @@ def model_card(name: str, info: dict[str, Any], evals: list[dict[str, Any]], bod
               "- One page per call; fields are read as printed and normalised by the evaluator, not validated.",
               "- Greedy decoding can repeat a line on pages longer than its training pages.", ""]
     if reading:
+        from .models import ROW_MARGIN
+
         snippet = USAGE_ROWS.format(name=name, height=reading["height"], multiple=reading["multiple"],
-                                    max_new_tokens=256)
+                                    max_width=reading["max_width"], margin=ROW_MARGIN, max_new_tokens=256)
         tail = "Whole pages and PDFs: `invoice-vlm predict --model <this folder> invoice.pdf` (cuts them into rows)."
     else:
         snippet = (USAGE_ADAPTER if info.get("kind") == "adapter" else USAGE).format(

@@ -465,27 +465,6 @@ def row_image(image: Image.Image, box: Box, unit: ReadingUnit) -> Image.Image:
     return crop.resize((width, unit.height), Image.Resampling.BILINEAR).convert("RGB")
 
 
-def pad_batch(rows: Sequence[Image.Image], unit: ReadingUnit) -> list[Image.Image]:
-    """Rows padded with white on the right to one width (the widest, rounded up to the tower's stride)."""
-    width = max(r.width for r in rows)
-    width = -(-width // unit.multiple) * unit.multiple
-    out = []
-    for r in rows:
-        if r.width == width:
-            out.append(r)
-            continue
-        canvas = Image.new("RGB", (width, unit.height), "white")
-        canvas.paste(r, (0, 0))
-        out.append(canvas)
-    return out
-
-
-def page_rows(image: Image.Image, unit: ReadingUnit) -> list[Image.Image]:
-    """Row images of a page, top to bottom: deskewed, segmented, each row scaled to the unit's height."""
-    image = deskew(image)
-    return [row_image(image, box, unit) for box in segment(image)]
-
-
 # --------------------------------------------------------------------------------------- training rows
 
 def match_rows(boxes: list[Box], extents: list[Sequence[float]], page_height: int) -> list[Box | None]:
@@ -502,11 +481,3 @@ def match_rows(boxes: list[Box], extents: list[Sequence[float]], page_height: in
         mine = [i for i, h in enumerate(hits) if j in h]
         out.append(boxes[mine[0]] if len(mine) == 1 and hits[mine[0]] == [j] else None)
     return out
-
-
-def training_rows(image: Image.Image, extents: list[Sequence[float]], texts: list[str]) -> list[tuple[Box, str]]:
-    """(box, text) for every row the segmenter finds as the record says: the crops a row model trains on."""
-    if len(extents) != len(texts):
-        return []
-    boxes = match_rows(segment(image), extents, image.height)
-    return [(box, text) for box, text in zip(boxes, texts) if box is not None and text.strip()]

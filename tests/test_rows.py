@@ -15,7 +15,7 @@ from PIL import Image
 from invoice_vlm.data import read_split
 from invoice_vlm.models import RowModelConfig, build_char_tokenizer, create_row_model, load, reading_unit_of
 from invoice_vlm.models import ReadingUnit, row_batch
-from invoice_vlm.rows import deskew, match_rows, pad_batch, segment, skew_angle
+from invoice_vlm.rows import deskew, match_rows, segment, skew_angle
 from invoice_vlm.train.rowdata import RowBank, RowSampler, chars_of, draw_string
 
 # two ResNet stages (stride 8) and a 2 x 64 decoder: seconds on a CPU
@@ -206,8 +206,10 @@ def test_row_batch_equals_what_the_processor_gives_and_logits_survive_a_reload(r
     ours = row_batch(rows, None, processor.tokenizer, unit, model.config.image_token_index)
     from invoice_vlm.models import ROW_MARGIN  # the engine's white margin is part of every row
 
-    images = pad_batch([Image.fromarray(np.pad(r, ((0, 0), (0, ROW_MARGIN)), constant_values=255)).convert("RGB")
-                        for r in rows], unit)
+    wide = [np.pad(r, ((0, 0), (0, ROW_MARGIN)), constant_values=255) for r in rows]
+    width = -(-max(r.shape[1] for r in wide) // unit.multiple) * unit.multiple  # white on the right to one width
+    images = [Image.fromarray(np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=255)).convert("RGB")
+              for r in wide]
     theirs = processor(images=images, text=["<image><bos>"] * 2, return_tensors="pt")
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     assert torch.allclose(ours["pixel_values"], theirs["pixel_values"], atol=1e-6)
@@ -263,6 +265,7 @@ def test_predictor_reads_a_page_row_by_row(row_model, pages):
     texts = pred.predict([page, Image.new("RGB", (300, 300), "white")])
     assert calls == [rows] and len(texts) == 2 and texts[1] == ""
     assert len(texts[0].split("\n")) <= rows
+    assert pred.stats["pages"] == 2 and 0 < pred.stats["prepare_seconds"]  # bench predict's preparation time
     assert json.loads(pred.predict([page], "extract")[0]) is not None
     with pytest.raises(Exception, match="reads text rows"):
         pred.predict([page], "answer en What is the total?")
@@ -352,6 +355,16 @@ def test_row_model_card_snippet_runs_with_plain_transformers(row_model, tmp_path
     row.save(tmp_path / "row.png")
     code = hub.usage_snippet(card).replace('"acme/rows"', repr(str(out))).replace("max_new_tokens=256",
                                                                                  "max_new_tokens=4")
-    code = "import sys; sys.modules['invoice_vlm'] = None\n" + code
+    code = "import sys; sys.modules['invoice_vlm'] = None\n" + code + "\nimport numpy; numpy.save('canvas.npy', numpy.asarray(canvas))"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    # the snippet gives the model the pixels the engine gives it for the same row (scale, white margin, canvas),
+    # and so the same text
+    from invoice_vlm.infer import Predictor
+    from invoice_vlm.rows import row_image
+
+    engine = Predictor.from_pretrained(str(out), device="cpu", dtype="bfloat16", max_new_tokens=4)
+    crop = np.asarray(row_image(row, (0, 0, row.width, row.height), engine.unit).convert("L"))
+    pixels = row_batch([crop], None, engine.processor.tokenizer, engine.unit, 0)["pixel_values"][0, 0]
+    assert np.array_equal(np.load(tmp_path / "canvas.npy"), ((pixels + 1) * 127.5).round().numpy().astype(np.uint8))
+    assert result.stdout.strip() == engine.read_rows([crop])[0]

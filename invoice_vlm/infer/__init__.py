@@ -57,7 +57,7 @@ class Predictor:
         self.batch_size = max(1, batch_size)
         self.sort_by_length = sort_by_length
         self.window = max(1, window)  # batches' worth of pages sorted together
-        self.stats = {"pages": 0, "batches": 0, "generate_seconds": 0.0, "new_tokens": 0}
+        self.stats = {"pages": 0, "batches": 0, "generate_seconds": 0.0, "new_tokens": 0, "prepare_seconds": 0.0}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: str | None = None,
@@ -130,11 +130,13 @@ class Predictor:
                 raise InvoiceVLMError(f"this model reads text rows: it answers {DEFAULT_PROMPT!r} and "
                                       f"{EXTRACT_PROMPT!r}, not {p!r}")
         rows, owner = [], []
+        t0 = time.perf_counter()
         for k, image in enumerate(images):
             image = deskew(image)
             for box in segment(image):
                 rows.append(np.asarray(row_image(image, box, self.unit).convert("L")))
                 owner.append(k)
+        self.stats["prepare_seconds"] += time.perf_counter() - t0  # deskew, segment, crop: a page's preparation
         texts = self.read_rows(rows)
         pages: list[list[str]] = [[] for _ in images]
         for k, text in zip(owner, texts):
