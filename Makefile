@@ -59,7 +59,8 @@ clean:
 # >= 2.4 needs httpx2, httpcore2, truststore and hf_xet), the invoice fonts in .fonts/. Left out, to stay under
 # ~40 MB, so that the checkout (12 MB), .fonts (12 MB) and .whl fit the device tool's 64 MiB: scipy (35 MB),
 # Pillow, pypdfium2, tensorboard and grpcio/protobuf (gpu_check.sh sets report_to none), lxml (sacrebleu's optional),
-# fastapi/uvicorn (serve), kernels (USE_HUB_KERNELS=NO), bitsandbytes (43 MB: QLoRA runs only where the image has it).
+# fastapi/uvicorn (serve), kernels (USE_HUB_KERNELS=NO), bitsandbytes (43 MB: QLoRA runs only where the image has it),
+# opencv-python-headless (64 MB: invoice_vlm.rows uses the image's scipy.ndimage there, the same boxes, slower).
 GPU_WHEELS := transformers trl datasets peft accelerate huggingface_hub hf_xet httpx2 httpcore2 truststore h11 anyio \
   idna charset_normalizer safetensors tqdm pyyaml packaging psutil regex filelock fsspec dill multiprocess xxhash \
   faker jiwer rapidfuzz sacrebleu portalocker colorama tabulate typer click rich shellingham markdown_it_py mdurl \
