@@ -85,3 +85,14 @@ def test_drawn_strings_vary_their_font_and_look_and_missing_fonts_are_one_line()
     papers = [int(np.median(r)) for r in rows]
     assert min(papers) < 128 < max(papers)  # some rows are white type on a dark band
     assert len({r.shape[1] for r in rows}) > 20  # fonts and sizes differ
+
+
+def test_dot_leaders_leave_the_real_bank_and_the_other_rows_keep_their_pixels():
+    from invoice_vlm.train.rowdata import concat_banks, without_dot_leaders
+
+    texts = ["2.1 Prerequisites . . . . . . . . 12", "Total due 1,234.50 EUR", "Chapter 3 ............ 7", "a. b. c. d."]
+    rows = [np.full((4, 3 + k), k, np.uint8) for k in range(len(texts))]
+    bank = concat_banks([RowBank(r, np.array([0, r.shape[1]]), [t]) for r, t in zip(rows, texts)])
+    kept = without_dot_leaders(bank)
+    assert kept.texts == ["Total due 1,234.50 EUR", "a. b. c. d."]
+    assert np.array_equal(kept.row(0), rows[1]) and np.array_equal(kept.row(1), rows[3])

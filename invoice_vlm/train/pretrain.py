@@ -59,6 +59,9 @@ class PretrainConfig:
     max_grad_norm: float = 1.0
     ctc_weight: float = 1.0
     ctc_frames: int = 4  # CTC frames per feature column: a 16 px column holds one or two characters
+    # steps that train the CTC head alone (the model frozen): a fresh head on an `init` model starts at a loss of
+    # ~20, and its gradients through the tower cost the shipped weights what they read (session 14's first 250 steps)
+    ctc_head_warmup: int = 0
     degrade: float = 0.5  # share of rows blurred, noised, JPEG-compressed (rowdata.degrade)
     # curriculum: each stage runs to its `until` step (0: the end) with this share of random strings per batch and
     # (optional `real`) this share of the other rows taken from the rows of real PDFs (pdf_banks)
@@ -95,6 +98,8 @@ class PretrainConfig:
             last = until or last
         if self.ctc_weight < 0 or self.batch_size < 1 or self.max_steps < 1:
             raise ValueError("ctc_weight >= 0, batch_size >= 1 and max_steps >= 1 are required")
+        if self.ctc_head_warmup and not self.ctc_weight:
+            raise ValueError("ctc_head_warmup needs ctc_weight > 0 (it trains the CTC head)")
 
     @property
     def run_dir(self) -> Path:
@@ -274,12 +279,12 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     evals = eval_set(cfg, load_banks(cfg, cfg.eval_split, unit, progress), unit, chars)
     real = None
     if cfg.pdf_banks:
-        from .rowdata import RowBank, concat_banks, held_out_path
+        from .rowdata import RowBank, concat_banks, held_out_path, without_dot_leaders
 
         for path in cfg.pdf_banks:
             if not Path(path).is_file():
                 raise InvoiceVLMError(f"{path}: row bank not found (build it with `invoice-vlm pdf-bank`)")
-        real = concat_banks([RowBank.load(Path(p)) for p in cfg.pdf_banks])
+        real = without_dot_leaders(concat_banks([RowBank.load(Path(p)) for p in cfg.pdf_banks]))
         held = [held_out_path(Path(p)) for p in cfg.pdf_banks if held_out_path(Path(p)).is_file()]
         if held:  # rows of PDFs the training bank does not hold
             pool = concat_banks([RowBank.load(p) for p in held])
@@ -347,10 +352,17 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
             columns, ctc_targets, ctc_lengths = (inputs[k] for k in ("image_columns", "ctc_targets", "ctc_lengths"))
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            image_tokens, model_inputs = row_model_inputs(model, inputs)
-            out = model(**model_inputs)
-            loss = out.loss
-            entry = {"loss": float(out.loss.detach())}
+            warming = step < cfg.ctc_head_warmup
+            for p in model.parameters():  # frozen while the head warms up: AdamW skips what has no gradient
+                p.requires_grad_(not warming)
+            with torch.set_grad_enabled(not warming):
+                image_tokens, model_inputs = row_model_inputs(model, inputs)
+            if warming:
+                loss, entry = torch.zeros(()), {}
+            else:
+                out = model(**model_inputs)
+                loss = out.loss
+                entry = {"loss": float(out.loss.detach())}
             if cfg.ctc_weight:
                 lp = ctc_logits(head, image_tokens, rows_per_column, cfg.ctc_frames).log_softmax(-1)
                 ctc = torch.nn.functional.ctc_loss(lp.transpose(0, 1), ctc_targets, columns * cfg.ctc_frames,
@@ -359,7 +371,8 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
                 entry["ctc"] = float(ctc.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"] if p.grad is not None],
+                                           cfg.max_grad_norm)
             opt.step()
             step += 1
             step_times.append(time.monotonic() - t0)
@@ -367,12 +380,12 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
             if step % cfg.log_steps == 0 or step == cfg.max_steps:
                 point = {"step": step, "lr": lr_at(cfg, step - 1),
                          "s_per_step": round(float(np.median(step_times[-cfg.log_steps:])), 3),
-                         **{k: round(float(np.mean([r[k] for r in recent])), 4) for k in recent[-1]}}
+                         **{k: round(float(np.mean([r[k] for r in recent if k in r])), 4) for k in recent[-1]}}
                 recent = []
                 history.append(point)
                 log.write(json.dumps(point) + "\n")
                 log.flush()
-                bar.update(task, info=f"loss {point['loss']:.3f}" + (f" ctc {point['ctc']:.3f}" if "ctc" in point else ""))
+                bar.update(task, info=" ".join(f"{k} {point[k]:.3f}" for k in ("loss", "ctc") if k in point))
             if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
                 point = evaluate()
                 history.append(point)
