@@ -30,6 +30,25 @@ class InvoiceVLMError(Exception):
     """A problem with the user's input or environment; the CLI prints it as one line, without a traceback."""
 
 
+# The dtypes a model is loaded, exported or served in, by their torch names; the short names the CLI accepts too.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def dtype_name(dtype: str, what: str = "dtype") -> str:
+    """``bf16``/``bfloat16`` -> ``bfloat16`` (and fp16, fp32); anything else is a one-line error naming ``what``."""
+    name = _DTYPE_ALIASES.get(dtype, dtype)
+    if name not in DTYPE_NAMES:
+        raise InvoiceVLMError(f"{what} must be one of bf16, fp16, fp32, got {dtype!r}")
+    return name
+
+
+def torch_dtype(dtype: str, what: str = "dtype"):
+    import torch
+
+    return getattr(torch, dtype_name(dtype, what))
+
+
 # --------------------------------------------------------------------------------------------- configs
 
 

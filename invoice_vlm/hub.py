@@ -26,18 +26,8 @@ from typing import Any
 
 import torch
 
-from .common import InvoiceVLMError, complete_checkpoints, environment_info, staged_dir, write_json
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def dtype_name(dtype: str) -> str:
-    name = DTYPE_ALIASES.get(dtype, dtype)
-    if name not in DTYPES:
-        raise InvoiceVLMError(f"export: dtype must be one of bf16, fp16, fp32, got {dtype!r}")
-    return name
-
+from .common import (InvoiceVLMError, complete_checkpoints, dtype_name, environment_info, staged_dir, torch_dtype,
+                     write_json)
 
 def read_eval(folder: Path) -> dict[str, Any]:
     """The headline numbers of one ``invoice-vlm eval`` output folder."""
@@ -346,7 +336,7 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
     ``average``: further checkpoints of the same model whose weights are averaged with ``model``'s."""
     from .models import count_parameters, load
 
-    dtype = dtype_name(dtype)
+    dtype = dtype_name(dtype, "export: dtype")
     if merge_lora and adapter_only:
         raise InvoiceVLMError("export: --merge-lora and --adapter-only exclude each other")
     if average and (merge_lora or adapter_only):
@@ -376,7 +366,7 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
             from safetensors.torch import load_file, save_file
 
             weights = load_file(folder / "adapter_model.safetensors")
-            save_file({k: v.to(DTYPES[dtype]) for k, v in weights.items()}, stage / "adapter_model.safetensors",
+            save_file({k: v.to(torch_dtype(dtype)) for k, v in weights.items()}, stage / "adapter_model.safetensors",
                       metadata={"format": "pt"})
             shutil.copy2(folder / "adapter_config.json", stage / "adapter_config.json")
             _adapter_processor(folder, base_name).save_pretrained(stage)
@@ -393,7 +383,7 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
             if others:
                 average_weights(m, others)
                 info["averaged_with"] = [str(o) for o in others]
-            m.to(DTYPES[dtype])
+            m.to(torch_dtype(dtype))
             m.save_pretrained(stage, safe_serialization=True)
             processor.save_pretrained(stage)
             info.update(kind="model", merged=merge_lora, architecture=type(m).__name__,

@@ -64,19 +64,16 @@ class Predictor:
                         quantize: str | None = None, compile: bool = False, **kwargs) -> "Predictor":
         """``device``: cpu | cuda (default: cuda when available); ``dtype``: float32 | bfloat16 | float16 (default
         bf16 on CUDA, fp32 on CPU); ``quantize``: ``int8`` (CPU); ``compile``: wrap the forward in torch.compile."""
-        from ..common import InvoiceVLMError
+        from ..common import InvoiceVLMError, torch_dtype
         from ..models import load
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-        dtype_name = names.get(dtype or "", dtype) or ("bfloat16" if device.startswith("cuda") else "float32")
-        if dtype_name not in ("float32", "bfloat16", "float16"):
-            raise InvoiceVLMError(f"dtype must be fp32, bf16 or fp16, got {dtype!r}")
+        dtype = dtype or ("bf16" if device.startswith("cuda") else "fp32")
         if quantize not in (None, "", "none", "int8"):
             raise InvoiceVLMError(f"quantize must be int8 or none, got {quantize!r}")
         if quantize == "int8" and device != "cpu":
             raise InvoiceVLMError("int8 dynamic quantisation runs on the CPU only (use bf16 on a GPU)")
-        model, processor = load(name_or_path, dtype=getattr(torch, dtype_name), device=device)
+        model, processor = load(name_or_path, dtype=torch_dtype(dtype), device=device)
         if quantize == "int8":
             model = quantize_int8(model)
         if compile:
