@@ -221,6 +221,37 @@ def test_row_batch_equals_what_the_processor_gives_and_logits_survive_a_reload(r
         assert torch.equal(model(**inputs).logits, again(**inputs).logits)
 
 
+def test_training_width_grid_keeps_each_rows_tokens_but_for_its_margins_end(row_model):
+    """Training encodes rows a width group at a time (models.TRAIN_WIDTH_GRID): fewer tower calls, and every token
+    over a row's ink and most of its white margin is the one inference computes (each row alone at its own width);
+    tokens past a row's own columns stay zero and masked."""
+    from invoice_vlm.models import ROW_MARGIN, row_model_inputs
+
+    model, processor = load(row_model)
+    model.eval()
+    unit = reading_unit_of(row_model)
+    rng = random.Random(3)
+    rows = [draw_string(rng, t, unit) for t in ("Total 12,50 €", "INV-0042", "Rechnung Nr. 2024-117 vom 3.8.", "A")]
+    batch = row_batch(rows, None, processor.tokenizer, unit, model.config.image_token_index)
+    calls = []
+    original = model.model.get_image_features
+    model.model.get_image_features = lambda **kw: calls.append(kw["pixel_values"].shape[-1]) or original(**kw)
+    with torch.no_grad():
+        exact, inputs = row_model_inputs(model, batch)
+        n_exact = len(calls)
+        grouped, grouped_inputs = row_model_inputs(model, batch, grid=256)
+    assert len(calls) - n_exact < n_exact  # fewer tower calls
+    per_col = unit.height // unit.multiple
+    cols = batch["pixel_values"].shape[-1] // unit.multiple
+    a, b = exact.view(len(rows), per_col, cols, -1), grouped.view(len(rows), per_col, cols, -1)
+    for i, r in enumerate(rows):
+        keep = -(-(r.shape[1] + ROW_MARGIN // 2) // unit.multiple)  # the ink and half the margin
+        assert torch.allclose(a[i, :, :keep], b[i, :, :keep], atol=1e-4), i
+        own = int(batch["image_columns"][i])
+        assert not b[i, :, own:].any()
+    assert torch.equal(inputs["attention_mask"], grouped_inputs["attention_mask"])
+
+
 def test_character_tokenizer_round_trips_every_character_the_invoices_print():
     tok = build_char_tokenizer()
     text = "Rechnungsbetrag: 1.234,56 € — Müller & Söhne, Façade n° 7"

@@ -225,8 +225,8 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     from safetensors.torch import load_file
     from transformers import AutoProcessor, FastVlmForConditionalGeneration
 
-    from ..models import (ReadingUnit, build_char_tokenizer, build_row_model, build_row_processor, row_batch,
-                          row_model_inputs)
+    from ..models import (TRAIN_WIDTH_GRID, ReadingUnit, build_char_tokenizer, build_row_model,
+                          build_row_processor, row_batch, row_model_inputs)
     from .rowdata import RowSampler, chars_of, greedy_ctc
 
     run_dir = cfg.run_dir
@@ -356,7 +356,7 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
             for p in model.parameters():  # frozen while the head warms up: AdamW skips what has no gradient
                 p.requires_grad_(not warming)
             with torch.set_grad_enabled(not warming):
-                image_tokens, model_inputs = row_model_inputs(model, inputs)
+                image_tokens, model_inputs = row_model_inputs(model, inputs, TRAIN_WIDTH_GRID)
             if warming:
                 loss, entry = torch.zeros(()), {}
             else:

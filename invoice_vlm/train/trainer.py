@@ -71,13 +71,13 @@ class InvoiceTrainer(SFTTrainer):
         from transformers import Trainer
 
         if "image_columns" in inputs:  # a row reader: rows read as at inference (models.row_model_inputs)
-            from ..models import row_model_inputs
+            from ..models import TRAIN_WIDTH_GRID, row_model_inputs
 
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             for m in base.modules():  # the tower meets rows a width at a time: keep its learned statistics
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
-            inputs = row_model_inputs(self.accelerator.unwrap_model(base), inputs)[1]
+            inputs = row_model_inputs(self.accelerator.unwrap_model(base), inputs, TRAIN_WIDTH_GRID)[1]
         labels = inputs.get("labels")
         if (self.logits_where_labelled and labels is not None and self.label_smoother is None
                 and self.compute_loss_func is None and _accepts_logits_to_keep(model)):
