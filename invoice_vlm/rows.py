@@ -428,15 +428,12 @@ def deskew(image: Image.Image, angle: float | None = None, most: float = 3.0) ->
     return _rotate(image.convert("RGB"), angle)
 
 
-def _rotate(image: Image.Image, angle: float) -> Image.Image:
-    """``image.rotate(angle, BICUBIC, expand=True, fillcolor="white")``, the same geometry as Pillow's (the
-    segmentation benchmark maps its truth through Pillow's), computed by OpenCV: a fifth of the time on a page."""
+def pillow_rotation(size: tuple[int, int], angle: float, expand: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pillow's ``Image.rotate(angle, expand=expand)`` geometry, built as Pillow builds it: the 2x3 affine map from
+    the turned image's coordinates back to the page's, and the turned image's size."""
     import math
 
-    if not _opencv():
-        return image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor="white")
-
-    w, h = image.size
+    w, h = size
     a = -math.radians(angle)
     m = [round(math.cos(a), 15), round(math.sin(a), 15), 0.0, round(-math.sin(a), 15), round(math.cos(a), 15), 0.0]
 
@@ -446,13 +443,24 @@ def _rotate(image: Image.Image, angle: float) -> Image.Image:
     m[2], m[5] = apply(-w / 2.0, -h / 2.0)
     m[2] += w / 2.0
     m[5] += h / 2.0
-    xs, ys = zip(*(apply(x, y) for x, y in ((0, 0), (w, 0), (w, h), (0, h))))
-    nw, nh = math.ceil(max(xs)) - math.floor(min(xs)), math.ceil(max(ys)) - math.floor(min(ys))
-    m[2], m[5] = apply(-(nw - w) / 2.0, -(nh - h) / 2.0)
+    if expand:
+        xs, ys = zip(*(apply(x, y) for x, y in ((0, 0), (w, 0), (w, h), (0, h))))
+        nw, nh = math.ceil(max(xs)) - math.floor(min(xs)), math.ceil(max(ys)) - math.floor(min(ys))
+        m[2], m[5] = apply(-(nw - w) / 2.0, -(nh - h) / 2.0)
+        w, h = nw, nh
+    return np.array([m[0:3], m[3:6]]), (w, h)
+
+
+def _rotate(image: Image.Image, angle: float) -> Image.Image:
+    """``image.rotate(angle, BICUBIC, expand=True, fillcolor="white")``, the same geometry as Pillow's (the
+    segmentation benchmark maps its truth through Pillow's), computed by OpenCV: a fifth of the time on a page."""
+    if not _opencv():
+        return image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor="white")
+    m, size = pillow_rotation(image.size, angle, expand=True)
     # Pillow maps output pixel centres (x + 0.5) to input coordinates; OpenCV maps pixel indices
-    inverse = np.array([[m[0], m[1], m[2] + 0.5 * (m[0] + m[1]) - 0.5],
-                        [m[3], m[4], m[5] + 0.5 * (m[3] + m[4]) - 0.5]])
-    out = cv2.warpAffine(np.asarray(image), inverse, (nw, nh), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+    inverse = m.copy()
+    inverse[:, 2] += 0.5 * (m[:, 0] + m[:, 1]) - 0.5
+    out = cv2.warpAffine(np.asarray(image), inverse, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
     return Image.fromarray(out)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import random
 import statistics
 import time
@@ -42,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from ..common import InvoiceVLMError
-from ..rows import SEGMENTER_VERSION, deskew, segment, skew_angle, tighten
+from ..rows import SEGMENTER_VERSION, deskew, pillow_rotation, segment, skew_angle, tighten
 from .engines import group_rows
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom, pixels
@@ -142,23 +141,9 @@ def assemble(rows: Sequence[tuple[Box, str]], boxes: Sequence[Box]) -> str:
 
 def _pil_rotation(size: tuple[int, int], angle: float, expand: bool) -> np.ndarray:
     """The 3x3 map from a page's pixels to those of ``Image.rotate(angle, expand=expand)`` (Pillow's own matrix,
-    built as Pillow builds it, which maps the other way, inverted)."""
-    w, h = size
-    a = -math.radians(angle)
-    m = [round(math.cos(a), 15), round(math.sin(a), 15), 0.0, round(-math.sin(a), 15), round(math.cos(a), 15), 0.0]
-
-    def apply(x: float, y: float) -> tuple[float, float]:
-        return m[0] * x + m[1] * y + m[2], m[3] * x + m[4] * y + m[5]
-
-    m[2], m[5] = apply(-w / 2.0, -h / 2.0)
-    m[2] += w / 2.0
-    m[5] += h / 2.0
-    if expand:
-        corners = [apply(x, y) for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
-        nw = math.ceil(max(c[0] for c in corners)) - math.floor(min(c[0] for c in corners))
-        nh = math.ceil(max(c[1] for c in corners)) - math.floor(min(c[1] for c in corners))
-        m[2], m[5] = apply(-(nw - w) / 2.0, -(nh - h) / 2.0)
-    return np.linalg.inv(np.array([m[0:3], m[3:6], [0.0, 0.0, 1.0]]))
+    ``rows.pillow_rotation``, which maps the other way, inverted)."""
+    m, _ = pillow_rotation(size, angle, expand)
+    return np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))
 
 
 def augment_geometry(preset: str, size: tuple[int, int], seed: int) -> np.ndarray:
