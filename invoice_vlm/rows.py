@@ -171,10 +171,8 @@ def _light_type(gray: np.ndarray, paper: int, near: np.ndarray) -> np.ndarray:
     logo's plate is more than 60% of its own bounding box; a glyph, even a bold one, rarely is)."""
     light = (gray < paper - 60) & ~near
     if np.count_nonzero(light) < 50:
-        return light & False
+        return np.zeros_like(light)
     count, labels, stats = _components(light)
-    if count < 2:
-        return light
     glyph = max(8.0, gray.shape[1] / 85)  # a 10 pt capital on a page 8.3 inches wide
     h, w = stats[:, _CC_H], stats[:, _CC_W]
     fill = stats[:, _CC_AREA] / np.maximum(1, h * w)
@@ -216,7 +214,9 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     if len(glyphs) == 0:
         return text
     typical = float(np.median(glyphs))
-    # the text pixels and their components, so that what follows costs the ink, not the page
+    # the text pixels and their components, so that what follows costs the ink, not the page (``flat`` is a view:
+    # clearing a pixel there clears it in ``text``)
+    text = np.ascontiguousarray(text)
     flat = text.reshape(-1)
     on = np.flatnonzero(flat)
     owner = labels.reshape(-1)[on]
