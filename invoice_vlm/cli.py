@@ -14,7 +14,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .common import MAX_DOCUMENT_PAGES, InvoiceVLMError, build_config
+from .common import InvoiceVLMError, build_config
+from .evaluate import EvalConfig
+from .jobs import PredictJobConfig
+from .serve import ServeConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune, evaluate and run vision-language models for invoice OCR.")
@@ -22,6 +25,40 @@ err = Console(stderr=True)
 out = Console()
 
 SetOpt = typer.Option(None, "--set", help="override a config key: key=value (repeatable; sft.* for TRL settings)")
+
+
+def config_options(cls: type, skip: tuple[str, ...] = (), envvars: dict[str, str] | None = None):
+    """Decorator: the command's options are ``cls``'s fields (name, type, default and help from the dataclass),
+    after the parameters the command declares itself (which win, and are how a field gets another form: a flag,
+    an argument); ``skip`` leaves fields out. The command receives them as keyword arguments. One place says what
+    an option is: the config dataclass the stage runs on."""
+    import dataclasses
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(cls)
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        taken = {p.name for p in own} | set(skip)
+        derived = []
+        for f in dataclasses.fields(cls):
+            if f.name in taken:
+                continue
+            kind = hints[f.name]
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            if type(None) in typing.get_args(kind) and len(args) == 1:  # X | None -> Optional[X]
+                kind = Optional[args[0]]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            derived.append(inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                default=typer.Option(default, help=f.metadata.get("help", ""),
+                                     envvar=(envvars or {}).get(f.name))))
+        fn.__signature__ = sig.replace(parameters=own + derived)
+        return fn
+
+    return wrap
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -108,7 +145,7 @@ def bench_synth(
     dpi: int = typer.Option(150, help="render resolution"),
 ) -> None:
     """Synthetic invoices per second: 1 worker vs --workers, without augmentation and with scan/photo."""
-    from .synth.generate import bench
+    from .bench.synth import bench
 
     def go():
         rows = bench(n=n, workers=workers, dpi=dpi)
@@ -126,7 +163,7 @@ def bench_train(
     batch_size: int = typer.Option(8, help="pages per step"),
 ) -> None:
     """Training samples/s and memory: invoice-vlm vs a plain PyTorch loop and TRL's default loss."""
-    from .train.bench import bench
+    from .bench.train import bench
 
     def go():
         rows = bench(steps=steps, warmup=warmup, batch_size=batch_size)
@@ -145,7 +182,7 @@ def bench_collate(
     rounds: int = typer.Option(3, help="passes over the same batches (the median is reported)"),
 ) -> None:
     """CPU cost of a training batch: the processor's float pixels vs raw uint8 pixels normalised on the device."""
-    from .train.bench import bench_collate as run
+    from .bench.train import bench_collate as run
 
     def go():
         rows = run(n=n, batch_size=batch_size, rounds=rounds)
@@ -161,7 +198,7 @@ def bench_collate(
 def bench_eval(n: int = typer.Option(1000, help="predictions to score"),
                noise: float = typer.Option(0.02, help="share of characters edited in the predictions")) -> None:
     """Seconds to score N predictions (metrics, fields, per-page CER) and to write the report; budget 5 s."""
-    from .evaluate.bench import bench
+    from .bench.eval import bench
 
     def go():
         rows = bench(n=n, noise=noise)
@@ -188,7 +225,7 @@ def bench_predict(
 ) -> None:
     """Pages/s, latency and CER: one generate() per page (per row for a row reader) vs the engine, and Tesseract,
     same pages; for a page model fails unless the greedy texts are identical."""
-    from .infer.bench import bench
+    from .bench.predict import bench
 
     def go():
         rows = bench(model=model, n=n, batch_size=batch_size, max_new_tokens=max_new_tokens, quantize=int8,
@@ -221,7 +258,7 @@ def bench_segment(
 ) -> None:
     """Pages into rows against born-digital PDFs' text-layer rows: rows found as one box, merged, split, missed,
     extra boxes, ms/page (docs/segmentation.md)."""
-    from .evaluate.segbench import SegBenchConfig, run
+    from .bench.segment import SegBenchConfig, run
 
     def go():
         try:
@@ -251,15 +288,17 @@ def bench_reader(
     model: str = typer.Option("invoice-vlm-tiny", help="row model folder"),
     dpi: int = typer.Option(200, help="render resolution"),
     limit: int = typer.Option(40, help="first N pages (0: all)"),
+    decode: str = typer.Option("auto", help="auto | ctc (the CTC head) | generate (the decoder)"),
     out_dir: str = typer.Option("", "--out", help="folder for reader.json"),
 ) -> None:
     """The row reader given perfect rows (cut where the PDF's text layer puts them, padded as the segmenter pads):
     row CER, and page CER from those rows next to page CER through the segmenter."""
-    from .evaluate.segbench import read_text_layer_rows
+    from .bench.segment import read_text_layer_rows
 
     def go():
-        r = read_text_layer_rows(data, model, dpi, limit, out_dir)
-        _print_bench(f"invoice-vlm bench reader ({r['pages']} pages of {data}, {dpi} dpi, {model})", [r], {
+        r = read_text_layer_rows(data, model, dpi, limit, out_dir, decode=decode)
+        _print_bench(f"invoice-vlm bench reader ({r['pages']} pages of {data}, {dpi} dpi, {model}, "
+                     f"decode {r['decode']})", [r], {
             "rows": "trusted rows", "rows_cer": "row CER", "rows_exact": "rows exact",
             "page_cer_text_layer_rows": "page CER, text-layer rows", "page_cer_segmenter_rows": "page CER, segmenter"})
 
@@ -358,25 +397,13 @@ def pdf_bank(
 
 
 @app.command("eval")
+@config_options(EvalConfig)
 def eval_(
     data: str = typer.Option(..., help="dataset folder, or a manifest .jsonl (PDF pages rendered at --dpi)"),
-    model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id (engine model)"),
-    split: str = typer.Option("test", help="split to evaluate (dataset folders)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder"),
-    task: str = typer.Option("ocr", help="ocr | extract"),
-    engine: str = typer.Option("model", help="model | tesseract | rapidocr"),
-    predictions: Optional[Path] = typer.Option(None, help="score this predictions .jsonl (id, prediction), or a "
-                                                          "predict --out folder, instead"),
-    batch_size: int = typer.Option(8, help="pages per forward pass"),
-    max_new_tokens: int = typer.Option(0, help="0: sized from the references"),
-    limit: int = typer.Option(0, help="only the first N samples"),
-    dpi: int = typer.Option(200, help="render resolution of manifest PDF pages"),
-    report: bool = typer.Option(True, help="write report.html"),
     ray: bool = typer.Option(False, "--ray", help="run the model on Ray (a local Ray unless --ray-address)"),
     ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster ('auto' or host:port); implies --ray"),
-    actors: int = typer.Option(1, help="Ray: actors, each holding one model"),
-    cpus_per_actor: float = typer.Option(1.0, help="Ray: CPUs reserved (and torch threads) per actor"),
     sets: Optional[list[str]] = SetOpt,
+    **options,
 ) -> None:
     """Score a model, an OCR engine or a predictions file on a dataset split or a manifest.
 
@@ -385,11 +412,8 @@ def eval_(
     from .jobs import eval_on_ray, ray_target
 
     def go():
-        cfg = build_config(stage.EvalConfig, overrides=dict(
-            model=model, data=data, split=split, out=str(out_dir or ""), task=task, engine=engine,
-            predictions=str(predictions or ""), batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
-            dpi=dpi, report=report, ray=ray_target(ray, ray_address), actors=actors,
-            cpus_per_actor=cpus_per_actor), sets=sets)
+        cfg = build_config(EvalConfig, overrides=dict(options, data=data, ray=ray_target(ray, ray_address)),
+                           sets=sets)
         scores = stage.main(cfg, on_ray=eval_on_ray)
         _print_scores(scores)
         if scores.get("skipped"):
@@ -417,28 +441,15 @@ def compare(
 
 
 @app.command()
+@config_options(PredictJobConfig, skip=("inputs", "out", "ray", "min_new_tokens"))
 def predict(
     files: list[Path] = typer.Argument(..., help="images, PDFs, or folders of them"),
-    model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id"),
-    task: str = typer.Option("ocr", help="ocr (transcription) | extract (key fields as JSON)"),
     fmt: str = typer.Option("text", "--format", help="text | json | jsonl"),
-    batch_size: int = typer.Option(8, help="pages per forward pass"),
-    pages: Optional[str] = typer.Option(None, help="PDF pages to read, e.g. 1-3,5 (default: every page)"),
-    max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
-    dpi: int = typer.Option(200, help="PDF render resolution"),
-    max_pages: int = typer.Option(MAX_DOCUMENT_PAGES, help="most pages per document, a longer one is refused (0: no "
-                                                         "limit)"),
-    quantize: Optional[str] = typer.Option(None, help="int8: dynamic int8 quantisation (CPU)"),
-    dtype: Optional[str] = typer.Option(None, help="fp32 | bf16 | fp16 (default: bf16 on a GPU, fp32 on CPU)"),
-    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (pays off on long runs)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="write the results as a dataset here: JSONL shards "
                                                                "and job.json; the same command again resumes"),
-    shard_size: int = typer.Option(100, help="with --out: input files per shard"),
     ray: bool = typer.Option(False, "--ray", help="with --out: run on Ray (a local Ray unless --ray-address)"),
     ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster ('auto' or host:port); implies --ray"),
-    actors: int = typer.Option(1, help="Ray: actors, each holding one model (one GPU each with --device cuda)"),
-    cpus_per_actor: float = typer.Option(1.0, help="Ray: CPUs reserved (and torch threads) per actor"),
+    **options,
 ) -> None:
     """Read invoices: every page of each image or PDF, printed as each batch finishes (bad files: one line each on
     stderr, the others still read; exit code 1 if any failed). With --out, a sharded, resumable dataset instead,
@@ -446,10 +457,13 @@ def predict(
     from .data import parse_pages
     from .infer import Predictor
     from .infer import files as fio
-    from .fields import EXTRACT_PROMPT
+    from .fields import TASKS, task_prompt, task_result
+
+    o = options
 
     def go():
-        if task not in ("ocr", "extract"):
+        task = o["task"]
+        if task not in TASKS:
             raise InvoiceVLMError(f"--task must be ocr or extract, got {task!r}")
         if fmt not in ("text", "json", "jsonl"):
             raise InvoiceVLMError(f"--format must be text, json or jsonl, got {fmt!r}")
@@ -459,11 +473,8 @@ def predict(
         if target and not out_dir:
             raise InvoiceVLMError("--ray needs --out DIR: the results are written as a sharded dataset")
         if out_dir:
-            cfg = build_config(jobs.PredictJobConfig, overrides=dict(
-                inputs=[str(f) for f in files], out=str(out_dir), model=model, task=task, pages=pages, dpi=dpi,
-                max_pages=max_pages,
-                max_new_tokens=max_new_tokens, batch_size=batch_size, quantize=quantize, dtype=dtype, device=device,
-                compile=compile, shard_size=shard_size, ray=target, actors=actors, cpus_per_actor=cpus_per_actor))
+            cfg = build_config(PredictJobConfig, overrides=dict(o, inputs=[str(f) for f in files], out=str(out_dir),
+                                                                ray=target))
             done = jobs.run_predict(cfg, on_error=_error_line)
             out.print(escape(f"{done['pages']} pages from {done['files']} files in {done['shards']} shards "
                              f"({done['skipped']} already done) -> {done['out']} in {done['seconds']:.1f} s"
@@ -472,45 +483,41 @@ def predict(
             if done["errors"]:
                 raise typer.Exit(1)
             return
-        wanted = parse_pages(pages)
+        wanted = parse_pages(o["pages"] or None)
         paths, errors = fio.expand(files)
         docs = []
         for p in paths:
             try:
-                docs.append(fio.plan(p, wanted, max_pages))
+                docs.append(fio.plan(p, wanted, o["max_pages"]))
             except InvoiceVLMError as e:
                 errors.append(str(e))
         for e in errors:
             _error_line(e)
         if not docs:
             raise typer.Exit(1)
-        predictor = Predictor.from_pretrained(model, device=device, dtype=dtype, quantize=quantize, compile=compile,
-                                              max_new_tokens=max_new_tokens, batch_size=batch_size)
+        predictor = Predictor.from_pretrained(o["model"], device=o["device"] or None, dtype=o["dtype"] or None,
+                                              quantize=o["quantize"] or None, compile=o["compile"],
+                                              max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"],
+                                              decode=o["decode"])
         failed = [len(errors)]
 
         def items():
             for d in docs:
                 try:
-                    for k, image in fio.page_images(d, dpi):
+                    for k, image in fio.page_images(d, o["dpi"]):
                         yield (str(d.path), k, d.count), image
                 except InvoiceVLMError as e:
                     _error_line(str(e))
                     failed[0] += 1
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from .common import progress_bar
 
         results = []
         multi = len(paths) > 1 or any(d.count > 1 for d in docs)  # by the inputs given, not those that opened
-        with Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err, transient=True) as bar:
+        with progress_bar("reading", "pages", stderr=True, transient=True) as bar:
             job = bar.add_task("pages", total=sum(d.count for d in docs))
-            prompt = EXTRACT_PROMPT if task == "extract" else "ocr"
-            for (name, k, count), text in predictor.predict_stream(items(), prompt):
-                row = {"file": name, "page": k, "task": task, "text": text}
-                if task == "extract":
-                    from .fields import parse_prediction
-
-                    row["fields"], row["json_valid"] = parse_prediction(text)
+            for (name, k, count), text in predictor.predict_stream(items(), task_prompt(task, o["prompt"])):
+                row = {"file": name, "page": k, "task": task, **task_result(task, text)}
                 if fmt == "jsonl":
                     typer.echo(json.dumps(row, ensure_ascii=False))
                 elif fmt == "json":
@@ -530,31 +537,12 @@ def predict(
 
 
 @app.command()
-def serve(
-    model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
-    port: int = typer.Option(8000, help="port"),
-    batch_size: int = typer.Option(8, help="most pages per forward pass (shared by concurrent requests)"),
-    max_wait_ms: float = typer.Option(10.0, help="how long a batch waits to fill"),
-    max_new_tokens: int = typer.Option(512, help="most tokens generated per page"),
-    max_upload_mb: float = typer.Option(20.0, help="largest upload (413 above)"),
-    max_pages: int = typer.Option(10, help="most pages per document (413 above)"),
-    timeout_s: float = typer.Option(120.0, help="per-request time limit (504 after)"),
-    read_timeout_s: float = typer.Option(30.0, help="longest pause within an upload (408 after: a stalled client)"),
-    api_key: Optional[str] = typer.Option(None, envvar="INVOICE_VLM_API_KEY",
-                                          help="require this key (X-API-Key header or Bearer token)"),
-    quantize: Optional[str] = typer.Option(None, help="int8: dynamic int8 quantisation (CPU)"),
-) -> None:
+@config_options(ServeConfig, envvars={"api_key": "INVOICE_VLM_API_KEY"})
+def serve(**options) -> None:
     """HTTP API (POST /v1/ocr, /v1/extract; GET /health, /metrics, /docs) and a web page at /."""
     from . import serve as srv
 
-    def go():
-        srv.main(srv.ServeConfig(model=model, host=host, port=port, batch_size=batch_size, max_wait_ms=max_wait_ms,
-                                 max_new_tokens=max_new_tokens, max_upload_mb=max_upload_mb, max_pages=max_pages,
-                                 timeout_s=timeout_s, read_timeout_s=read_timeout_s, api_key=api_key,
-                                 quantize=quantize))
-
-    _guard(go)
+    _guard(lambda: srv.main(build_config(ServeConfig, overrides=options)))
 
 
 @app.command()

@@ -317,3 +317,16 @@ def environment_info() -> dict[str, str]:
             versions[name] = "not installed"
     versions["argv"] = " ".join(sys.argv)
     return versions
+
+
+def progress_bar(label: str, unit: str = "", *, info: bool = False, stderr: bool = False, transient: bool = False,
+                 disable: bool = False):
+    """The project's one progress bar (Rich): ``label``, the bar, done/total ``unit``, time left; ``info`` adds a
+    free-text field (``bar.update(task, info=...)``) and ``stderr`` keeps stdout for results."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()] + ([TextColumn(unit)] if unit else [])
+    columns += ([TextColumn("{task.fields[info]}")] if info else []) + [TimeRemainingColumn()]
+    return Progress(*columns, console=Console(stderr=True) if stderr else None, transient=transient,
+                    disable=disable)

@@ -28,6 +28,23 @@ from typing import Any
 
 # The extract task: a model is asked EXTRACT_PROMPT and answers canonical_fields(sample.fields).
 EXTRACT_PROMPT = "extract"
+OCR_PROMPT = "ocr"
+TASKS = ("ocr", "extract")  # what predict, serve and jobs answer: a transcription, or key fields as JSON
+
+
+def task_prompt(task: str, prompt: str = "") -> str:
+    """The model prompt that asks for ``task`` (a page model's prefix; a row reader answers both), unless the
+    user gave their own."""
+    return prompt or (EXTRACT_PROMPT if task == "extract" else OCR_PROMPT)
+
+
+def task_result(task: str, text: str) -> dict[str, Any]:
+    """A page's answer as every interface reports it: the text, and for ``extract`` the fields parsed from it and
+    whether it held one complete JSON object."""
+    row: dict[str, Any] = {"text": text}
+    if task == "extract":
+        row["fields"], row["json_valid"] = parse_prediction(text)
+    return row
 FIELD_ORDER = ("invoice_number", "date", "due_date", "vendor", "vendor_address", "customer", "customer_address",
                "currency", "subtotal", "tax", "total", "line_items")
 ITEM_ORDER = ("description", "quantity", "unit_price", "amount")

@@ -193,6 +193,26 @@ out = model.generate(**inputs, max_new_tokens={max_new_tokens}, do_sample=False)
 print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())'''
 
 
+# Appended to USAGE_ROWS when the export ships a CTC head (models.CtcHead): what the engine does with it.
+USAGE_CTC = '''
+# the CTC head beside the weights reads the same row in one pass; invoice-vlm's engine reads with it
+import os
+import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
+
+path = os.path.join(model_id, "{file}") if os.path.isdir(model_id) else hf_hub_download(model_id, "{file}")
+head = load_file(path)
+tokens = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output  # (1, cells, hidden)
+cols = tokens.shape[1] // {rows}  # each column's {rows} cells side by side, {frames} CTC frames a column
+grid = tokens.view({rows}, cols, -1).transpose(0, 1).reshape(cols, -1)
+logits = torch.nn.functional.linear(grid, head["weight"].to(grid.dtype), head["bias"].to(grid.dtype))
+best = logits.view(cols * {frames}, -1).argmax(-1).tolist()
+blank = logits.shape[-1] // {frames} - 1  # the last index
+ids = [t for i, t in enumerate(best) if t != blank and (i == 0 or t != best[i - 1])]
+print(processor.tokenizer.decode(ids).strip())'''
+
+
 def card_metadata(name: str, info: dict[str, Any], evals: list[dict[str, Any]], run: dict[str, Any]):
     """YAML front matter through huggingface_hub's ``ModelCardData`` (``model-index`` from the evaluations)."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -257,12 +277,18 @@ def model_card(name: str, info: dict[str, Any], evals: list[dict[str, Any]], bod
     if cfg and run.get("kind") == "pretrain":
         stages = ", ".join(f"random strings {st['strings']:.0%} until step {st['until']}" if st.get("until") else
                            f"then {st['strings']:.0%}" for st in cfg.get("stages", []))
+        start = f"from `{cfg['init']}`" if cfg.get("init") else "from scratch"
+        real = (f", rows of born-digital PDFs ({', '.join(f'`{d}`' for d in cfg['pdf_banks'])}: text-layer "
+                "labels)" if cfg.get("pdf_banks") else "")
         lines += ["## Training", "",
-                  f"- from scratch (`invoice-vlm pretrain`) on rows of synthetic invoices: "
-                  f"{', '.join(f'`{d}`' for d in cfg.get('data', []))}, and random strings drawn as rows ({stages})",
+                  f"- {start} (`invoice-vlm pretrain`) on rows of synthetic invoices: "
+                  f"{', '.join(f'`{d}`' for d in cfg.get('data', []))}{real}, and random strings drawn as rows "
+                  f"({stages})",
                   f"- {cfg.get('max_steps')} steps of {cfg.get('batch_size')} rows, AdamW, learning rate "
-                  f"{cfg.get('learning_rate')} (cosine), auxiliary CTC loss on the image tokens (weight "
-                  f"{cfg.get('ctc_weight')}; training only, not in these weights), seed {cfg.get('seed')}", ""]
+                  f"{cfg.get('learning_rate')} (cosine), CTC loss on the image tokens beside the decoder's (weight "
+                  f"{cfg.get('ctc_weight')}; "
+                  + (f"its head is `{info['ctc_head']['file']}`, the engine's reader" if info.get("ctc_head") else
+                     "the head is not in this export") + f"), seed {cfg.get('seed')}", ""]
     elif cfg:
         sft = run.get("sft", {})
         lines += ["## Training", "",
@@ -278,16 +304,22 @@ def model_card(name: str, info: dict[str, Any], evals: list[dict[str, Any]], bod
                   "(`invoice_vlm.fields`). Reproduce with `invoice-vlm eval` (see `export.json`).", ""]
     else:
         lines += ["## Evaluation", "", "No evaluation was attached to this export (`--eval`).", ""]
+    trained_on = ("synthetic invoices and rows of born-digital PDFs" if cfg.get("pdf_banks")
+                  else "synthetic invoices only")
     lines += ["## Limitations", "",
-              "- Trained on synthetic invoices only: real scans, handwriting, unusual layouts and languages outside "
+              f"- Trained on {trained_on}: real scans, photos, handwriting, unusual layouts and languages outside "
               "the training locales read worse (see the real-invoice row above, where present).",
-              "- One page per call; fields are read as printed and normalised by the evaluator, not validated.",
-              "- Greedy decoding can repeat a line on pages longer than its training pages.", ""]
+              "- Fields are read as printed and normalised by the evaluator, not validated.",
+              "- Greedy decoding can repeat a line on pages longer than its training pages." if not reading else
+              "- A page reads only as well as it is cut into rows: skewed photos and dense tables cost the most.", ""]
     if reading:
         from .models import ROW_MARGIN
 
         snippet = USAGE_ROWS.format(name=name, height=reading["height"], multiple=reading["multiple"],
                                     max_width=reading["max_width"], margin=ROW_MARGIN, max_new_tokens=256)
+        if info.get("ctc_head"):
+            snippet += USAGE_CTC.format(file=info["ctc_head"]["file"], frames=info["ctc_head"]["frames"],
+                                        rows=reading["height"] // reading["multiple"])
         tail = "Whole pages and PDFs: `invoice-vlm predict --model <this folder> invoice.pdf` (cuts them into rows)."
     else:
         snippet = (USAGE_ADAPTER if info.get("kind") == "adapter" else USAGE).format(
@@ -328,13 +360,36 @@ def average_weights(model, others: list[Path]) -> None:
     model.load_state_dict({k: (v / n).to(own[k].dtype) for k, v in total.items()}, strict=False)
 
 
+def _ctc_head(folder: Path | None, model, others: list[Path]):
+    """A row reader's CTC head (models.CtcHead) from ``folder``, averaged with those of ``others`` as the weights
+    are; None when the model has none. Averaged checkpoints must all have one."""
+    from .models import CTC_HEAD_FILE, CtcHead
+
+    if folder is None:
+        return None
+    head = CtcHead.load(folder, model)
+    if head is None:
+        return None
+    theirs = []
+    for o in others:
+        h = CtcHead.load(o, model)
+        if h is None:
+            raise InvoiceVLMError(f"{o}: no {CTC_HEAD_FILE} here, unlike {folder}: its CTC head cannot be averaged")
+        theirs.append(h)
+    if theirs:
+        with torch.no_grad():
+            for name, p in head.named_parameters():
+                p.copy_(sum([dict(h.named_parameters())[name].float() for h in theirs], p.float()) / (len(theirs) + 1))
+    return head
+
+
 def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str | Path] | None = None,
            name: str | None = None, body: str = "", merge_lora: bool = False, adapter_only: bool = False,
            average: list[str | Path] | None = None) -> Path:
     """Write ``model`` to ``out``: a full model in ``dtype`` (a LoRA adapter merged into its base with
     ``merge_lora``), or with ``adapter_only`` the PEFT adapter alone; processor, model card and export.json.
     ``average``: further checkpoints of the same model whose weights are averaged with ``model``'s."""
-    from .models import count_parameters, load
+    from .models import CTC_HEAD_FILE, count_parameters, load
 
     dtype = dtype_name(dtype, "export: dtype")
     if merge_lora and adapter_only:
@@ -380,12 +435,16 @@ def export(model: str, out: str | Path, dtype: str = "bfloat16", evals: list[str
                         weights_file="adapter_model.safetensors")
         else:
             m, processor = _load_merged(folder, base_name) if merge_lora else load(str(folder) if folder else model)
+            head = _ctc_head(folder, m, others)
             if others:
                 average_weights(m, others)
                 info["averaged_with"] = [str(o) for o in others]
             m.to(torch_dtype(dtype))
             m.save_pretrained(stage, safe_serialization=True)
             processor.save_pretrained(stage)
+            if head is not None:
+                head.save(stage, torch_dtype(dtype))
+                info["ctc_head"] = {"file": CTC_HEAD_FILE, "frames": head.frames}
             info.update(kind="model", merged=merge_lora, architecture=type(m).__name__,
                         model_type=m.config.model_type, parameters=count_parameters(m),
                         weights_file="model.safetensors")

@@ -61,6 +61,7 @@ class PredictJobConfig:
     max_new_tokens: int = field(default=512, metadata={"help": "most tokens generated per page"})
     min_new_tokens: int = field(default=0, metadata={"help": "benchmarks only: at least this many tokens a page"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
+    decode: str = field(default="auto", metadata={"help": "a row reader with a CTC head: auto | ctc | generate"})
     quantize: str = field(default="", metadata={"help": "int8: dynamic int8 quantisation (CPU)"})
     dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16 (default: bf16 on a GPU, fp32 on CPU)"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda when available)"})
@@ -72,13 +73,19 @@ class PredictJobConfig:
     cpus_per_actor: float = field(default=1.0, metadata={"help": "Ray: CPUs reserved (and torch threads) per actor"})
 
     def __post_init__(self) -> None:
-        if self.task not in ("ocr", "extract"):
+        from .fields import TASKS
+
+        if self.task not in TASKS:
             raise ValueError(f"--task must be ocr or extract, got {self.task!r}")
         for name in ("shard_size", "batch_size", "actors", "dpi"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.cpus_per_actor <= 0:
             raise ValueError(f"--cpus-per-actor must be positive, got {self.cpus_per_actor}")
+        from .infer import DECODE_MODES
+
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if not self.out:
             raise ValueError("--out is required: the folder the shards are written to")
 
@@ -90,15 +97,15 @@ class PredictJobConfig:
 
     @property
     def prompt_text(self) -> str:
-        from .fields import EXTRACT_PROMPT
+        from .fields import task_prompt
 
-        return self.prompt or (EXTRACT_PROMPT if self.task == "extract" else "ocr")
+        return task_prompt(self.task, self.prompt)
 
     def identity(self, files: list[str]) -> dict[str, Any]:
         """What decides the records; a folder made with anything else is another job."""
         return {"model": model_id(self.model), "task": self.task, "prompt": self.prompt_text,
                 "pages": self.page_list, "dpi": self.dpi, "max_new_tokens": self.max_new_tokens,
-                "min_new_tokens": self.min_new_tokens, "quantize": self.quantize or None,
+                "min_new_tokens": self.min_new_tokens, "quantize": self.quantize or None, "decode": self.decode,
                 "shard_size": self.shard_size, "files": len(files),
                 "files_sha256": hashlib.sha256("\n".join(files).encode()).hexdigest()}
 
@@ -153,12 +160,9 @@ def read_pages(path: str, pages: list[int] | None, dpi: int, max_pages: int = MA
 
 
 def page_record(file: str, page: int, text: str, task: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"file": file, "page": page, "text": text}
-    if task == "extract":
-        from .fields import parse_prediction
+    from .fields import task_result
 
-        row["fields"], row["json_valid"] = parse_prediction(text)
-    return row
+    return {"file": file, "page": page, **task_result(task, text)}
 
 
 def error_record(file: str, message: str) -> dict[str, Any]:
@@ -275,11 +279,9 @@ def run_predict(cfg: PredictJobConfig, on_error: Callable[[str], None] = lambda 
 
 @contextmanager
 def _files_bar(total: int, done: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from .common import progress_bar
 
-    with Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled) as bar:
+    with progress_bar("reading", "files", stderr=True, transient=True, disable=not enabled) as bar:
         task = bar.add_task("files", total=total, completed=done)
         yield lambda n: bar.advance(task, n)
 
@@ -291,7 +293,7 @@ def _run_local(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Ca
     predictor = Predictor.from_pretrained(cfg.model, device=cfg.device or None, dtype=cfg.dtype or None,
                                           quantize=cfg.quantize or None, compile=cfg.compile,
                                           max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                                          batch_size=cfg.batch_size)
+                                          batch_size=cfg.batch_size, decode=cfg.decode)
     wanted = cfg.page_list
     for shard in todo:
         errors: dict[int, str] = {}
@@ -458,7 +460,7 @@ def _run_ray(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Call
                            device=cfg.device or None,
                            dtype=cfg.dtype or None, quantize=cfg.quantize or None, compile=cfg.compile,
                            max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                           batch_size=cfg.batch_size)))
+                           batch_size=cfg.batch_size, decode=cfg.decode)))
     by_number = {s.number: s for s in todo}
     texts: dict[int, dict[int, dict[int, str]]] = {s.number: {} for s in todo}
     errors: dict[int, dict[int, str]] = {s.number: {} for s in todo}
@@ -540,7 +542,7 @@ def eval_on_ray(cfg, samples: list, info: dict[str, Any], workdir: Path, skipped
     info.update(model=cfg.model, max_new_tokens=max_new, ray=cfg.ray, actors=cfg.actors)
     job = PredictJobConfig(inputs=sorted({str(s.image) for s in samples}), out=str(workdir / "job"), model=cfg.model,
                            task=cfg.task, prompt=cfg.prompt, max_new_tokens=max_new, batch_size=cfg.batch_size,
-                           ray=cfg.ray, actors=cfg.actors, cpus_per_actor=cfg.cpus_per_actor,
+                           decode=cfg.decode, ray=cfg.ray, actors=cfg.actors, cpus_per_actor=cfg.cpus_per_actor,
                            shard_size=max(100, len(samples)))
     run_predict(job, on_error=skipped.append)
     return read_predictions(workdir / "job", samples, skipped, task=cfg.task)

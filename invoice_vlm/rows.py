@@ -14,7 +14,7 @@ segmenter gives it at inference.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image

@@ -10,8 +10,9 @@
   a file that does not open (422), per-request timeout (504), API key when one is set (401).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the endpoints are closures in create_app, and FastAPI reads their
+# annotations (Request, UploadFile) as objects; fastapi is imported there, so that the CLI, which reads ServeConfig
+# for its options, does not import a web framework on every command.
 import asyncio
 import base64
 import io
@@ -20,8 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from fastapi import File, Request, UploadFile  # module level: the endpoints' annotations name them
 
 from .common import InvoiceVLMError
 
@@ -45,6 +44,7 @@ class ServeConfig:
     dpi: int = field(default=200, metadata={"help": "PDF render resolution"})
     api_key: str | None = field(default=None, metadata={"help": "require this key (X-API-Key or Bearer)"})
     quantize: str | None = field(default=None, metadata={"help": "int8 (CPU)"})
+    decode: str = field(default="auto", metadata={"help": "a row reader with a CTC head: auto | ctc | generate"})
 
 
 class ApiError(Exception):
@@ -216,13 +216,13 @@ def create_app(predictor, cfg: ServeConfig | None = None, model_name: str = ""):
     """The FastAPI app around an engine (tests pass a small one; ``serve`` loads ``cfg.model``)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI
+    from fastapi import FastAPI, File, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from .data import document_pages
-    from .fields import EXTRACT_PROMPT, parse_prediction
+    from .fields import task_prompt, task_result
 
     cfg = cfg or ServeConfig()
     metrics = Metrics()
@@ -313,7 +313,7 @@ def create_app(predictor, cfg: ServeConfig | None = None, model_name: str = ""):
             msg = str(e)
             status = 413 if "per document" in msg or "too large" in msg else 422
             raise ApiError(status, "too_large" if status == 413 else "unreadable", msg) from None
-        prompt = EXTRACT_PROMPT if task == "extract" else "ocr"
+        prompt = task_prompt(task)
         try:
             texts = await asyncio.wait_for(asyncio.gather(*(batcher.submit(im, prompt) for _, im in pages)),
                                            cfg.timeout_s)
@@ -321,9 +321,7 @@ def create_app(predictor, cfg: ServeConfig | None = None, model_name: str = ""):
             raise ApiError(504, "timeout", f"{name}: not done within {cfg.timeout_s:g} s") from None
         out = []
         for (k, im), text in zip(pages, texts):
-            row: dict[str, Any] = {"page": k, "text": text}
-            if task == "extract":
-                row["fields"], row["json_valid"] = parse_prediction(text)
+            row: dict[str, Any] = {"page": k, **task_result(task, text)}
             if preview:
                 row["preview"] = _page_preview(im)
             out.append(row)
@@ -372,5 +370,5 @@ def main(cfg: ServeConfig) -> None:
     from .infer import Predictor
 
     predictor = Predictor.from_pretrained(cfg.model, quantize=cfg.quantize, max_new_tokens=cfg.max_new_tokens,
-                                          batch_size=cfg.batch_size)
+                                          batch_size=cfg.batch_size, decode=cfg.decode)
     uvicorn.run(create_app(predictor, cfg, cfg.model), host=cfg.host, port=cfg.port, log_level="info")

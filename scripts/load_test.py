@@ -27,7 +27,7 @@ from pathlib import Path
 
 
 def pages(k: int) -> list[bytes]:
-    from invoice_vlm.infer.bench import bench_pages
+    from invoice_vlm.bench.predict import bench_pages
 
     out = []
     for im in bench_pages(k):

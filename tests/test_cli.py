@@ -150,7 +150,7 @@ def test_bench_train_compares_against_a_plain_loop():
     from conftest import TINY
 
     from invoice_vlm.models import TinyModelConfig
-    from invoice_vlm.train import bench as bench_mod
+    from invoice_vlm.bench import train as bench_mod
 
     rows = bench_mod.bench(steps=2, warmup=1, batch_size=2, model_cfg=TinyModelConfig(**TINY))
     assert [r["variant"] for r in rows] == ["plain", "invoice-vlm", "invoice-vlm, logits everywhere", "trl-default"]

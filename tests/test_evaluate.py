@@ -161,7 +161,7 @@ def test_reading_order_of_engine_boxes():
 
 
 def test_scores_split_across_processes_are_identical():
-    from invoice_vlm.evaluate.bench import make_pairs
+    from invoice_vlm.bench.eval import make_pairs
 
     samples, ocr, _ = make_pairs(30)
     refs = [s.text for s in samples]

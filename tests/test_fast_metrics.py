@@ -14,7 +14,7 @@ from sacrebleu.metrics.lib_ter import translation_edit_rate as sacre_ter
 
 from invoice_vlm import evaluate as ev
 from invoice_vlm.evaluate import fast
-from invoice_vlm.evaluate.bench import make_pairs
+from invoice_vlm.bench.eval import make_pairs
 
 VOCAB = "a b c d the of 1 2 x Total 12,00".split()
 
@@ -105,7 +105,7 @@ def test_cer_and_wer_equal_jiwer():
 
 
 def test_eval_bench_compares_with_the_libraries_and_fails_on_a_difference(monkeypatch):
-    from invoice_vlm.evaluate import bench as eb
+    from invoice_vlm.bench import eval as eb
 
     rows = eb.bench(n=20)  # serial below ev.PARALLEL_FROM, so the patch below reaches the scoring code
     assert [r["speedup"] for r in rows] == ["1.00x", rows[1]["speedup"], "1.00x", rows[3]["speedup"], "-"]

@@ -9,9 +9,7 @@ with JavaScript or a broken xref table) are read, every page of them."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest

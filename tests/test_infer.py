@@ -188,7 +188,7 @@ def test_predict_reads_folders_and_pdfs_streams_jsonl_and_reports_bad_files(tmp_
 
 
 def test_bench_predict_compares_with_naive_and_checks_the_text(monkeypatch, tiny_model):
-    from invoice_vlm.infer import bench as ib
+    from invoice_vlm.bench import predict as ib
 
     monkeypatch.setattr(ib, "bench_pages", lambda n, **kw: [(page("AB 12", lines=k % 4 + 1), "AB 12")
                                                             for k in range(n)])

@@ -252,7 +252,7 @@ def test_synth_on_ray_equals_synth_byte_for_byte(tmp_path, ray_cluster):
 
 
 def test_bench_predict_ray_variant(monkeypatch, reading_model, ray_cluster):
-    from invoice_vlm.infer import bench as ib
+    from invoice_vlm.bench import predict as ib
 
     def pages(n, **kw):
         out = []

@@ -283,6 +283,109 @@ def test_a_step_s_batch_is_a_pure_function_of_seed_and_step(pages):
     assert a.batch(8, 8, 0.5)[1] != texts_a
 
 
+@pytest.fixture(scope="module")
+def row_model_ctc(row_model, tmp_path_factory):
+    """The small row reader with a CTC head beside it (seeded random weights, biased away from the blank so that it
+    writes characters)."""
+    import shutil
+
+    from invoice_vlm.models import CtcHead
+
+    out = tmp_path_factory.mktemp("rowmodel-ctc") / "model"
+    shutil.copytree(row_model, out)
+    model, _ = load(out)
+    torch.manual_seed(0)
+    head = CtcHead.for_model(model, frames=2)
+    with torch.no_grad():
+        head.weight.mul_(40)
+        head.bias.view(2, -1)[:, -1] -= 1.0
+    head.save(out)
+    return out
+
+
+def test_ctc_head_reads_rows_in_one_pass_whatever_their_batch(row_model, row_model_ctc, pages):
+    """A row reader with ctc_head.safetensors reads with the head (no generate call), the same texts at row batches
+    of 1, 7 and 1024; ``decode=generate`` uses the decoder; ``decode=ctc`` needs a head."""
+    from invoice_vlm.infer import Predictor
+    from invoice_vlm.rows import row_image
+
+    pred = Predictor.from_pretrained(str(row_model_ctc), device="cpu", max_new_tokens=4)
+    assert pred.ctc_head is not None and pred.ctc_head.frames == 2
+    pred.model.generate = None  # the CTC read-out must not generate
+    rows = []
+    for s in read_split(pages, "test")[:2]:
+        page = Image.open(s.image).convert("RGB")
+        rows += [np.asarray(row_image(page, box, pred.unit).convert("L")) for box in segment(page)]
+    texts = {}
+    for size in (1, 7, 1024):
+        pred.row_batch_size = size
+        texts[size] = pred.read_rows(rows)
+    assert len(rows) > 20 and sum(len(t) for t in texts[1]) > 2 * len(rows)
+    assert texts[7] == texts[1] and texts[1024] == texts[1]
+    # the best path by hand: argmax per frame over the row's own columns, repeats collapsed, blanks dropped
+    batch = row_batch(rows[:1], None, pred.processor.tokenizer, pred.unit, pred.model.config.image_token_index)
+    from invoice_vlm.models import row_model_inputs
+
+    with torch.no_grad():
+        tokens, _ = row_model_inputs(pred.model, batch)
+        best = pred.ctc_head.logits(tokens)[0].argmax(-1).tolist()
+    blank = pred.ctc_head.blank
+    ids = [t for i, t in enumerate(best) if t != blank and (i == 0 or t != best[i - 1])]
+    assert pred.processor.tokenizer.decode(ids).strip() == texts[1][0]
+    generated = Predictor.from_pretrained(str(row_model_ctc), device="cpu", max_new_tokens=4, decode="generate")
+    assert generated.ctc_head is None and len(generated.read_rows(rows[:3])) == 3
+    with pytest.raises(Exception, match="decode ctc needs a row reader with a CTC head"):
+        Predictor.from_pretrained(str(row_model), decode="ctc")
+
+
+def test_a_ctc_head_that_does_not_fit_is_one_line_naming_the_file(row_model, row_model_ctc, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from invoice_vlm.common import InvoiceVLMError
+    from invoice_vlm.models import CTC_HEAD_FILE, CtcHead
+
+    model, _ = load(row_model)
+    assert CtcHead.load(row_model, model) is None  # none beside it: the decoder reads
+    bad = tmp_path / "bad"
+    shutil.copytree(row_model_ctc, bad)
+    save_file({"weight": torch.zeros(10, 3), "bias": torch.zeros(10)}, str(bad / CTC_HEAD_FILE))
+    with pytest.raises(InvoiceVLMError, match=rf"{CTC_HEAD_FILE}: a head of shape 10x3 does not fit"):
+        CtcHead.load(bad, model)
+    save_file({"bias": torch.zeros(10)}, str(bad / CTC_HEAD_FILE))
+    with pytest.raises(InvoiceVLMError, match="not a CTC head"):
+        CtcHead.load(bad, model)
+
+
+def test_fine_tuning_trains_the_ctc_head_and_saves_it_with_the_model(row_model_ctc, pages, tmp_path):
+    """The head's loss joins the decoder's (logged as ctc_loss), it moves, and the model folder carries it, as
+    does every checkpoint; with ctc_weight 0 the model is saved without one."""
+    from safetensors.torch import load_file
+
+    from invoice_vlm.common import build_config
+    from invoice_vlm.models import CTC_HEAD_FILE
+    from invoice_vlm.train import main as train_main
+    from invoice_vlm.train.config import TrainConfig
+
+    def run(name, *sets):
+        cfg = build_config(TrainConfig, "configs/tiny/full.yaml", sets=[
+            f"model={row_model_ctc}", f"data={pages}", f"name={name}", f"output_root={tmp_path}",
+            "sft.max_steps=2", "sft.per_device_train_batch_size=4", "sft.logging_steps=1", "sft.save_steps=2",
+            "sft.report_to=none", *sets])
+        return train_main(cfg)
+
+    before = load_file(str(row_model_ctc / CTC_HEAD_FILE))
+    out = run("ctc")
+    after = load_file(str(out / "model" / CTC_HEAD_FILE))
+    assert before.keys() == after.keys() and not torch.equal(before["weight"], after["weight"])
+    assert torch.equal(load_file(str(out / "checkpoint-2" / CTC_HEAD_FILE))["weight"], after["weight"])
+    logs = json.loads((out / "train_result.json").read_text())["log_history"]
+    assert any(e.get("ctc_loss", 0) > 0 for e in logs)
+    plain = run("plain", "ctc_weight=0")
+    assert (plain / "model" / "model.safetensors").is_file() and not (plain / "model" / CTC_HEAD_FILE).exists()
+
+
 def test_predictor_reads_a_page_row_by_row(row_model, pages):
     from invoice_vlm.infer import Predictor
 
@@ -303,15 +406,16 @@ def test_predictor_reads_a_page_row_by_row(row_model, pages):
 
 
 @pytest.mark.slow
-def test_a_rows_text_does_not_depend_on_its_batch(pages):
+@pytest.mark.parametrize("decode", ["ctc", "generate"])
+def test_a_rows_text_does_not_depend_on_its_batch(pages, decode):
     """The shipped reader on two pages' rows, read alone, in batches of 7 and all in one batch of 1024: the same
-    texts (session 13: short rows padded to a wide neighbour ran on past their text, 3% vs 14% page CER)."""
+    texts (session 13: short rows padded to a wide neighbour ran on past their text, 3% vs 14% page CER), with its
+    CTC head and with its decoder."""
     from invoice_vlm.infer import Predictor
     from invoice_vlm.models import EMBEDDED_DIR
     from invoice_vlm.rows import row_image
 
-    model, processor = load(EMBEDDED_DIR, dtype=torch.float32)
-    pred = Predictor(model, processor)
+    pred = Predictor.from_pretrained(str(EMBEDDED_DIR), device="cpu", decode=decode)
     rows = []
     for s in read_split(pages, "test")[:2]:
         page = Image.open(s.image).convert("RGB")
@@ -357,7 +461,7 @@ def test_pretraining_resumes_exactly(pages, pdf_bank, tmp_path):
     for name in ("model.safetensors", "optimizer.safetensors", "ctc_head.safetensors"):
         a, b = load_file(whole / "checkpoint-4" / name), load_file(half / "checkpoint-4" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    assert (whole / "model" / "config.json").is_file() and not list((whole / "model").glob("ctc_head*"))
+    assert (whole / "model" / "config.json").is_file() and (whole / "model" / "ctc_head.safetensors").is_file()
     with pytest.raises(Exception, match="--resume"):
         pretrain.main(pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["name=half"]), progress=False)
     # a later phase starts from a shipped model's weights with a schedule of its own
@@ -393,8 +497,9 @@ def test_ctc_head_warmup_trains_the_head_alone_first(pages, tmp_path):
         pretrain.load_config("configs/tiny/pretrain.yaml", sets + ["ctc_weight=0"])
 
 
-def test_row_model_card_snippet_runs_with_plain_transformers(row_model, tmp_path):
-    """The exported card's snippet reads a row image in a fresh process that never imports invoice_vlm."""
+def test_row_model_card_snippet_runs_with_plain_transformers(row_model_ctc, tmp_path):
+    """The exported card's snippet reads a row image in a fresh process that never imports invoice_vlm: with the
+    decoder, then with the CTC head, each as the engine does."""
     import subprocess
     import sys
 
@@ -402,7 +507,7 @@ def test_row_model_card_snippet_runs_with_plain_transformers(row_model, tmp_path
 
     from invoice_vlm import hub
 
-    out = hub.export(str(row_model), tmp_path / "release", "bfloat16", name="acme/rows")
+    out = hub.export(str(row_model_ctc), tmp_path / "release", "bfloat16", name="acme/rows")
     card = (out / "README.md").read_text()
     assert "reading unit: one text row, scaled to 16 px" in card
     row = Image.new("RGB", (200, 30), "white")
@@ -419,7 +524,10 @@ def test_row_model_card_snippet_runs_with_plain_transformers(row_model, tmp_path
     from invoice_vlm.rows import row_image
 
     engine = Predictor.from_pretrained(str(out), device="cpu", dtype="bfloat16", max_new_tokens=4)
+    decoder = Predictor.from_pretrained(str(out), device="cpu", dtype="bfloat16", max_new_tokens=4, decode="generate")
     crop = np.asarray(row_image(row, (0, 0, row.width, row.height), engine.unit).convert("L"))
     pixels = row_batch([crop], None, engine.processor.tokenizer, engine.unit, 0)["pixel_values"][0, 0]
     assert np.array_equal(np.load(tmp_path / "canvas.npy"), ((pixels + 1) * 127.5).round().numpy().astype(np.uint8))
-    assert result.stdout.strip() == engine.read_rows([crop])[0]
+    generated, ctc = result.stdout.rstrip("\n").split("\n")
+    assert engine.ctc_head is not None and ctc.strip() == engine.read_rows([crop])[0] != ""
+    assert generated.strip() == decoder.read_rows([crop])[0]

@@ -239,6 +239,8 @@ class EvalConfig:
                                                             "a predict --out folder, instead of running an engine"})
     prompt: str = field(default="", metadata={"help": "model prompt (default: the task's)"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
+    decode: str = field(default="auto", metadata={"help": "a row reader with a CTC head: auto | ctc (the head) | "
+                                                          "generate (the decoder)"})
     max_new_tokens: int = field(default=0, metadata={"help": "0: from the longest reference, plus 10%"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N samples (0: all)"})
     dpi: int = field(default=200, metadata={"help": "render resolution of manifest PDF pages"})
@@ -258,6 +260,10 @@ class EvalConfig:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        from ..infer import DECODE_MODES
+
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.ray and (self.engine != "model" or self.predictions):
             raise ValueError("--ray runs a model: it does not apply to --engine tesseract/rapidocr or --predictions")
 
@@ -460,22 +466,24 @@ def make_predictor(cfg: EvalConfig, samples: list, info: dict[str, Any]):
                                             if cfg.engine == "tesseract" else {}))
         info["engine_version"] = engine.version()
         return engine
-    from ..infer import Predictor
+    from ..infer import Predictor, load_ctc_head
     from ..models import load
 
     model, processor = load(cfg.model)
     max_new = cfg.max_new_tokens or max_new_tokens_for(processor, [reference_for(s, cfg.task) for s in samples])
-    info.update(model=cfg.model, max_new_tokens=max_new)
-    return Predictor(model, processor, max_new_tokens=max_new, batch_size=cfg.batch_size)
+    predictor = Predictor(model, processor, max_new_tokens=max_new, batch_size=cfg.batch_size,
+                          ctc_head=load_ctc_head(cfg.model, model), decode=cfg.decode)
+    info.update(model=cfg.model, max_new_tokens=max_new,
+                **({"decode": "ctc" if predictor.ctc_head is not None else "generate"} if predictor.unit else {}))
+    return predictor
 
 
 def generate(predictor, samples: list, prompt: str) -> list[str]:
-    from rich.progress import Progress
-
+    from ..common import progress_bar
     from ..data import open_image
 
     predictions: list[str] = []
-    with Progress(transient=True) as progress:
+    with progress_bar("eval", "pages", transient=True) as progress:
         task = progress.add_task("eval", total=len(samples))
         for text in predictor.predict_iter((open_image(s.image) for s in samples), prompt):
             predictions.append(text)

@@ -11,8 +11,9 @@ What makes it fast (``invoice-vlm bench predict`` measures it against one ``gene
 
 A model that reads rows (its config.json records ``reading: {"unit": "row"}``, as invoice-vlm-tiny does) gets the
 same interface: each page is cut into rows by ``invoice_vlm.rows.segment`` (pixels only), the rows of all pages in
-a batch are generated together, widest first in batches of ``row_batch_size``, and each page's text is its rows
-joined by newlines. ``extract`` on such a model gives the fields that the rule-based field reader
+a batch are read together, widest first in batches of ``row_batch_size``, and each page's text is its rows
+joined by newlines. A row reader with a CTC head beside its weights (``models.CtcHead``) reads a row in one pass
+of its vision tower and the head, without the decoder (``decode``: ``auto``, ``ctc`` or ``generate``). ``extract`` on such a model gives the fields that the rule-based field reader
 (``invoice_vlm.fields.fields_from_text``) finds in that transcription, as the same JSON.
 """
 
@@ -26,6 +27,7 @@ import torch
 from PIL import Image
 
 DEFAULT_PROMPT = "ocr"
+DECODE_MODES = ("auto", "ctc", "generate")
 
 
 def ink(image: Image.Image) -> float:
@@ -45,11 +47,20 @@ class Predictor:
     """Wraps a (model, processor) pair. ``predict`` returns only the generated text, prompt excluded."""
 
     def __init__(self, model, processor, max_new_tokens: int = 512, batch_size: int = 8, sort_by_length: bool = True,
-                 window: int = 4, min_new_tokens: int = 0, row_batch_size: int = 64):
+                 window: int = 4, min_new_tokens: int = 0, row_batch_size: int = 64, ctc_head=None,
+                 decode: str = "auto"):
+        from ..common import InvoiceVLMError
         from ..models import ReadingUnit
 
         self.model = model
         self.unit = ReadingUnit.from_config(getattr(model, "config", {}))
+        # a row reader with a CTC head (models.CtcHead) reads rows with it: "auto" and "ctc"; "generate" uses the
+        # decoder, token by token
+        if decode not in DECODE_MODES:
+            raise InvoiceVLMError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+        if decode == "ctc" and ctc_head is None:
+            raise InvoiceVLMError("decode ctc needs a row reader with a CTC head (ctc_head.safetensors beside it)")
+        self.ctc_head = ctc_head if decode != "generate" else None
         self.row_batch_size = max(1, row_batch_size)
         self.processor = processor
         self.max_new_tokens = max_new_tokens
@@ -74,11 +85,12 @@ class Predictor:
         if quantize == "int8" and device != "cpu":
             raise InvoiceVLMError("int8 dynamic quantisation runs on the CPU only (use bf16 on a GPU)")
         model, processor = load(name_or_path, dtype=torch_dtype(dtype), device=device)
+        head = load_ctc_head(name_or_path, model)
         if quantize == "int8":
             model = quantize_int8(model)
         if compile:
             model.forward = torch.compile(model.forward, dynamic=True)
-        return cls(model, processor, **kwargs)
+        return cls(model, processor, ctc_head=head, **kwargs)
 
     @property
     def device(self):
@@ -169,11 +181,18 @@ class Predictor:
                 batch = row_batch([rows[j] for j in chunk], None, tok, self.unit, self.model.config.image_token_index)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 batch["pixel_values"] = batch["pixel_values"].to(dtype)
-                _, inputs = row_model_inputs(self.model, batch)
+                tokens, inputs = row_model_inputs(self.model, batch)
+                t0 = time.perf_counter()
+                if self.ctc_head is not None:
+                    ids = self.ctc_head.read(tokens, batch["image_columns"])
+                    self.stats["generate_seconds"] += time.perf_counter() - t0
+                    self.stats["batches"] += 1
+                    self.stats["new_tokens"] += sum(map(len, ids))
+                    out.update(zip(chunk, (t.strip() for t in tok.batch_decode(ids))))
+                    continue
                 # a character is at least a sixth of the row's height wide: the longest text a row can hold; each
                 # row keeps to its own budget, so a wider neighbour does not let it run on
                 budgets = [min(self.max_new_tokens, rows[j].shape[1] * 6 // self.unit.height + 8) for j in chunk]
-                t0 = time.perf_counter()
                 new = self.model.generate(**inputs, max_new_tokens=max(budgets), do_sample=False, use_cache=True,
                                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
                 self.stats["generate_seconds"] += time.perf_counter() - t0
@@ -223,6 +242,19 @@ class Predictor:
 
     def predict(self, images: Sequence[Image.Image], prompt: str = DEFAULT_PROMPT) -> list[str]:
         return list(self.predict_iter(images, prompt))
+
+
+def load_ctc_head(name_or_path: str, model):
+    """The CTC head saved beside a row reader's checkpoint (models.CtcHead), or None (a hub id, a page model, or a
+    row reader without one)."""
+    from pathlib import Path
+
+    from ..models import EMBEDDED, CtcHead, embedded_model
+
+    if getattr(model.config, "reading", None) is None:
+        return None
+    folder = embedded_model() if str(name_or_path) == EMBEDDED else Path(name_or_path)
+    return CtcHead.load(folder, model) if folder.is_dir() else None
 
 
 def naive_predict(model, processor, image: Image.Image, prompt: str = DEFAULT_PROMPT,

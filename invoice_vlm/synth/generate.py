@@ -314,7 +314,7 @@ def main(cfg: SynthConfig, progress: bool = True, run_shards: Callable | None = 
 def _generate(cfg: SynthConfig, progress: bool, run_shards: Callable | None = None) -> Path:
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ..common import progress_bar
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,8 +326,7 @@ def _generate(cfg: SynthConfig, progress: bool, run_shards: Callable | None = No
     }
     write_json(out / MANIFEST, manifest)
     t0 = time.perf_counter()
-    columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("invoices"), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
+    with progress_bar("synth", "invoices", disable=not progress) as bar:
         task = bar.add_task("synth", total=cfg.n, completed=cfg.n - sum(s.stop - s.start for s in todo))
         if run_shards is not None:
             run_shards(cfg, todo, lambda s: bar.advance(task, s.stop - s.start))
@@ -373,29 +372,3 @@ def text_corpus(n: int = 400, seed: int = 12345) -> list[str]:
         out.append("\n".join(p.transcription() for p in inv.pages))
         out.append("\n".join(f"{x['question']} {x['answer']}" for x in qa))
     return out
-
-
-def bench(n: int = 400, workers: int = 2, dpi: int = 150, seed: int = 0) -> list[dict[str, Any]]:
-    """Invoices per second: one worker without augmentation (the baseline), then ``workers`` processes without
-    and with the ``scan`` preset; each writes a full dataset (PNG/JPEG + metadata) to a temporary folder."""
-    import tempfile
-
-    rows = []
-    cases = [(1, "none"), (workers, "none"), (workers, "scan"), (workers, "photo")]
-    with tempfile.TemporaryDirectory(prefix="invoice-vlm-bench-") as tmp:
-        for w, preset in cases:
-            # shards small enough that every worker stays busy to the end
-            cfg = SynthConfig(out=f"{tmp}/{w}-{preset}", n=n, seed=seed, dpi=dpi, workers=w, augment=preset,
-                              shard_size=max(1, n // (8 * w)), split="train=1")
-            t0 = time.perf_counter()
-            main(cfg, progress=False)
-            secs = time.perf_counter() - t0
-            info = json.loads((Path(cfg.out) / MANIFEST).read_text())
-            mb = sum(p.stat().st_size for p in Path(cfg.out).rglob("*") if p.is_file()) / 2**20
-            rows.append({"workers": w, "augment": preset, "dpi": dpi, "invoices": n, "pages": info["pages"],
-                         "seconds": round(secs, 2), "invoices_per_s": round(n / secs, 1),
-                         "pages_per_s": round(info["pages"] / secs, 1), "mb": round(mb, 1)})
-    base = rows[0]["invoices_per_s"]
-    for r in rows:
-        r["vs_1_worker"] = round(r["invoices_per_s"] / base, 2)
-    return rows

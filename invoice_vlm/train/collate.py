@@ -30,11 +30,9 @@ class Collator:
 
             crops = [np.asarray(row_image(deskew(r["image"], float(r.get("angle") or 0.0)), tuple(r["box"]),
                                           self.unit).convert("L")) for r in rows]
-            batch = row_batch(crops, [r["target"] for r in rows], self.processor.tokenizer, self.unit,
-                              self.image_token_id)
-            for key in ("ctc_targets", "ctc_lengths"):  # image_columns stay: the trainer encodes rows by width
-                batch.pop(key)
-            return batch
+            # image_columns stay (the trainer encodes rows by width), and the CTC targets (for a CTC head)
+            return row_batch(crops, [r["target"] for r in rows], self.processor.tokenizer, self.unit,
+                             self.image_token_id)
 
         images = [r["image"].convert("RGB") for r in rows]
         return training_batch(self.processor, images, [r["prompt"] for r in rows], [r["target"] for r in rows],

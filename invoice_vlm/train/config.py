@@ -130,6 +130,10 @@ class TrainConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig,
                                   metadata={"help": "architecture of a tiny-random model (ignored otherwise)"})
     prompt: str = field(default="ocr", metadata={"help": "prompt of the transcription task"})
+    ctc_weight: float = field(default=1.0, metadata={"help": "a row reader with a CTC head (ctc_head.safetensors): "
+                                                             "weight of the head's loss beside the decoder's; the "
+                                                             "head trains and is saved with the model (0: left out, "
+                                                             "the model then reads with its decoder)"})
     train_split: str = field(default="train", metadata={"help": "split to train on"})
     max_length: int = field(default=0, metadata={"help": "token budget per sample; 0 = from the data"})
     seed: int = field(default=0, metadata={"help": "random seed for init, shuffling, task mixing and dropout"})

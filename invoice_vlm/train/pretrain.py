@@ -4,7 +4,8 @@
 
 A plain PyTorch loop, because what it needs is not what SFTTrainer does: batches of rows cut from synthetic pages
 (invoice_vlm.train.rowdata) mixed with random strings by a curriculum, and an auxiliary CTC loss on the image
-tokens (a linear head over each feature column, training-only: the saved model is the plain FastVLM). Every batch
+tokens (``models.CtcHead``: a linear head over each feature column; the engine reads with it, and it is saved
+beside the plain FastVLM as ctc_head.safetensors). Every batch
 is a pure function of (seed, step), and a checkpoint holds the weights, the CTC head and AdamW's moments (all
 safetensors) and the step, so ``--resume`` continues exactly where an uninterrupted run would be (tested).
 ``time_budget`` ends an invocation with a checkpoint after that many seconds; the schedule is planned over
@@ -12,7 +13,7 @@ safetensors) and the step, so ``--resume`` continues exactly where an uninterrup
 
 The run folder: ``run.json`` (config, versions, seed), ``log.jsonl`` (loss, CTC loss, learning rate, seconds per
 step; held-out CER of the decoder and of the CTC read-out at every evaluation), ``checkpoint-<step>/``, and
-``model/`` (the plain model, processor and ``pretrain.json``) when ``max_steps`` is reached.
+``model/`` (the plain model, its CTC head, processor and ``pretrain.json``) when ``max_steps`` is reached.
 """
 
 from __future__ import annotations
@@ -120,9 +121,15 @@ def load_config(path: str | None, sets: list[str] | None = None, overrides: dict
 
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak. While the CTC head trains alone it runs at
+    the peak; the model's own warm-up starts when it unfreezes (fresh AdamW moments make the first updates the
+    largest: at the full rate they cost an ``init`` model what it read)."""
+    if step < cfg.ctc_head_warmup:
+        return cfg.learning_rate
+    step, total = step - cfg.ctc_head_warmup, cfg.max_steps - cfg.ctc_head_warmup
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -153,7 +160,7 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, head, opt, histo
     with staged_dir(final) as stage:  # a stop in the middle leaves the previous checkpoint as the newest
         model.save_pretrained(stage, safe_serialization=True)
         processor.save_pretrained(stage)
-        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(stage / "ctc_head.safetensors"))
+        head.save(stage)
         save_file({k: v.contiguous() for k, v in _optimizer_tensors(opt).items()}, str(stage / "optimizer.safetensors"))
         write_json(stage / "trainer_state.json", {"step": step, "history": history})
     for old in checkpoints(run_dir)[:-limit] if limit > 0 else []:
@@ -204,15 +211,6 @@ def eval_set(cfg: PretrainConfig, bank, unit, chars: str) -> dict[str, tuple[lis
 
 # ------------------------------------------------------------------------------------------- model parts
 
-def ctc_logits(head, tokens: torch.Tensor, rows: int, frames: int) -> torch.Tensor:
-    """(B, rows * cols, D) image tokens -> (B, cols * frames, V + 1): each column's cells side by side, then one
-    linear map to ``frames`` frames of CTC logits."""
-    b, n, d = tokens.shape
-    cols = n // rows
-    grid = tokens.view(b, rows, cols, d).permute(0, 2, 1, 3).reshape(b, cols, rows * d)
-    return head(grid).view(b, cols * frames, -1)
-
-
 def _cer(refs: list[str], hyps: list[str]) -> float:
     from ..evaluate import cer
 
@@ -225,9 +223,9 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     from safetensors.torch import load_file
     from transformers import AutoProcessor, FastVlmForConditionalGeneration
 
-    from ..models import (TRAIN_WIDTH_GRID, ReadingUnit, build_char_tokenizer, build_row_model,
+    from ..models import (CTC_HEAD_FILE, TRAIN_WIDTH_GRID, CtcHead, ReadingUnit, build_char_tokenizer, build_row_model,
                           build_row_processor, row_batch, row_model_inputs)
-    from .rowdata import RowSampler, chars_of, greedy_ctc
+    from .rowdata import RowSampler, chars_of
 
     run_dir = cfg.run_dir
     if run_dir.exists() and checkpoints(run_dir) and not resume:
@@ -261,9 +259,7 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
         step, history = 0, []
     tokenizer = processor.tokenizer
     unit = ReadingUnit.from_config(model.config)
-    vocab = len(tokenizer)
-    rows_per_column = unit.height // unit.multiple
-    head = torch.nn.Linear(rows_per_column * model.config.text_config.hidden_size, cfg.ctc_frames * (vocab + 1))
+    head = CtcHead.for_model(model, cfg.ctc_frames)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name or "embed" in name else decay).append(p)
@@ -272,8 +268,15 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
         groups.append({"params": list(head.parameters()), "weight_decay": cfg.weight_decay})
     opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98))
     if found:
-        head.load_state_dict(load_file(str(found[-1] / "ctc_head.safetensors")))
+        head.load_state_dict(load_file(str(found[-1] / CTC_HEAD_FILE)))
         _load_optimizer(opt, load_file(str(found[-1] / "optimizer.safetensors")))
+    elif cfg.init and cfg.ctc_weight:  # an init model that ships a head (models.CtcHead) continues with it
+        shipped = CtcHead.load(init, model)
+        if shipped is not None:
+            if shipped.frames != cfg.ctc_frames:
+                raise InvoiceVLMError(f"{cfg.init}: its CTC head has {shipped.frames} frames a column, the config "
+                                      f"{cfg.ctc_frames} (set ctc_frames to match)")
+            head.load_state_dict(shipped.float().state_dict())
     chars = chars_of(tokenizer)
     bank = load_banks(cfg, cfg.split, unit, progress)
     evals = eval_set(cfg, load_banks(cfg, cfg.eval_split, unit, progress), unit, chars)
@@ -295,7 +298,6 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     fonts = row_fonts(cfg.font_packages) if cfg.font_packages else []
     write_json(run_dir / "fonts.json", fonts)
     sampler = RowSampler(bank, unit, chars, cfg.seed, real=real, fonts=fonts)
-    blank = vocab
     model.train()
     if cfg.freeze_batchnorm:  # the tower sees rows a width at a time (models.row_model_inputs): groups are too
         for m in model.modules():  # small and uneven for batch statistics, so the learned ones are kept
@@ -324,17 +326,15 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
                     model.eval()
                     inputs = row_batch(rows, None, tokenizer, unit, model.config.image_token_index)
                     image_tokens, _ = row_model_inputs(model, inputs)
-                    lp = ctc_logits(head, image_tokens, rows_per_column, cfg.ctc_frames)
+                    ids = head.read(image_tokens, inputs["image_columns"])
                     for m, training in was.items():
                         m.training = training
-                ids = greedy_ctc(lp, inputs["image_columns"] * cfg.ctc_frames, blank)
                 point[f"{key}_ctc_cer"] = round(_cer(texts, tokenizer.batch_decode(ids)), 4)
         return point
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from ..common import progress_bar
 
-    bar = Progress(TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not progress)
+    bar = progress_bar("pretrain", "steps", info=True, disable=not progress)
     stopped = "max_steps"
     with bar:
         task = bar.add_task("steps", total=cfg.max_steps, completed=step, info="")
@@ -364,9 +364,7 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
                 loss = out.loss
                 entry = {"loss": float(out.loss.detach())}
             if cfg.ctc_weight:
-                lp = ctc_logits(head, image_tokens, rows_per_column, cfg.ctc_frames).log_softmax(-1)
-                ctc = torch.nn.functional.ctc_loss(lp.transpose(0, 1), ctc_targets, columns * cfg.ctc_frames,
-                                                   ctc_lengths, blank=blank, zero_infinity=True)
+                ctc = head.loss(image_tokens, columns, ctc_targets, ctc_lengths)
                 loss = loss + cfg.ctc_weight * ctc
                 entry["ctc"] = float(ctc.detach())
             opt.zero_grad(set_to_none=True)
@@ -405,6 +403,8 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     with staged_dir(run_dir / "model") as stage:
         model.save_pretrained(stage, safe_serialization=True)
         processor.save_pretrained(stage)
+        if cfg.ctc_weight:
+            head.save(stage)
         write_json(stage / "pretrain.json", {"config": asdict(cfg), "steps": step, "versions": environment_info(),
                                              "evaluations": [h for h in history if h.get("eval")]})
     print(f"pretraining done: {step} steps; model in {run_dir / 'model'}")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..models import ReadingUnit
@@ -323,22 +322,6 @@ def chars_of(tokenizer) -> str:
     special = set(tokenizer.all_special_tokens)
     vocab = tokenizer.get_vocab()
     return "".join(t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if t not in special and len(t) == 1)
-
-
-def greedy_ctc(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
-    """Best path of a CTC head (B, T, V): repeats collapsed, blanks dropped."""
-    best = log_probs.argmax(-1).tolist()
-    out = []
-    for row, n in zip(best, lengths.tolist()):
-        seq, prev = [], None
-        for t in row[:n]:
-            if t != prev and t != blank:
-                seq.append(t)
-            prev = t
-        out.append(seq)
-    return out
-
-
 
 
 # ------------------------------------------------------------------------------------------- rows of real PDFs

@@ -42,9 +42,25 @@ class InvoiceTrainer(SFTTrainer):
     the best checkpoint and early stopping follow the metric people care about, not the loss.
     """
 
-    def __init__(self, *args, generation_eval=None, **kwargs):
+    def __init__(self, *args, generation_eval=None, ctc_head=None, ctc_weight: float = 1.0, **kwargs):
+        # the row reader's CTC head (models.CtcHead) trains beside the model: its loss joins the decoder's, its
+        # parameters join the optimizer, and it is saved next to every checkpoint and the final model
+        self.ctc_head, self.ctc_weight = ctc_head, ctc_weight
+        self._ctc_losses: list[float] = []
         super().__init__(*args, **kwargs)
         self.generation_eval = generation_eval
+
+    def create_optimizer(self, *args, **kwargs):
+        opt = super().create_optimizer(*args, **kwargs)
+        if self.ctc_head is not None and not any(p is q for g in opt.param_groups for p in g["params"]
+                                                 for q in self.ctc_head.parameters()):
+            opt.add_param_group({"params": list(self.ctc_head.parameters()), "weight_decay": self.args.weight_decay})
+        return opt
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.ctc_head is not None:
+            self.ctc_head.save(output_dir or self.args.output_dir)
 
     def _init_training_state(self, max_steps, *args, **kwargs):
         out = super()._init_training_state(max_steps, *args, **kwargs)
@@ -70,6 +86,7 @@ class InvoiceTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from transformers import Trainer
 
+        ctc = None
         if "image_columns" in inputs:  # a row reader: rows read as at inference (models.row_model_inputs)
             from ..models import TRAIN_WIDTH_GRID, row_model_inputs
 
@@ -77,7 +94,12 @@ class InvoiceTrainer(SFTTrainer):
             for m in base.modules():  # the tower meets rows a width at a time: keep its learned statistics
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
-            inputs = row_model_inputs(self.accelerator.unwrap_model(base), inputs, TRAIN_WIDTH_GRID)[1]
+            tokens, rows_in = row_model_inputs(self.accelerator.unwrap_model(base), inputs, TRAIN_WIDTH_GRID)
+            if self.ctc_head is not None and self.ctc_weight:
+                self.ctc_head.to(tokens.device)
+                ctc = self.ctc_head.loss(tokens, inputs["image_columns"].to(tokens.device),
+                                         inputs["ctc_targets"].to(tokens.device), inputs["ctc_lengths"].to(tokens.device))
+            inputs = rows_in
         labels = inputs.get("labels")
         if (self.logits_where_labelled and labels is not None and self.label_smoother is None
                 and self.compute_loss_func is None and _accepts_logits_to_keep(model)):
@@ -85,8 +107,20 @@ class InvoiceTrainer(SFTTrainer):
             if len(cols) and int(cols[0]) > 0:
                 keep = labels.shape[1] - int(cols[0]) + 1  # one position before the first label predicts it
                 inputs = {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
-        return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        out = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                   num_items_in_batch=num_items_in_batch)
+        if ctc is None:
+            return out
+        self._ctc_losses.append(float(ctc.detach()))
+        if return_outputs:
+            return out[0] + self.ctc_weight * ctc, out[1]
+        return out + self.ctc_weight * ctc
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._ctc_losses and "loss" in logs:  # the CTC head's share of the training loss since the last log
+            logs = {**logs, "ctc_loss": round(sum(self._ctc_losses) / len(self._ctc_losses), 4)}
+            self._ctc_losses = []
+        super().log(logs, *args, **kwargs)
 
     # Checkpoints are written with save_pretrained, which in transformers 5 renames PaliGemma's keys to the hub
     # layout (language_model.model.*); Trainer's resume and load-best read the file raw with strict=False and so
@@ -103,18 +137,32 @@ class InvoiceTrainer(SFTTrainer):
         return True
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._load_head(resume_from_checkpoint)
         if (model is None or model is self.model) and self._load_weights(resume_from_checkpoint):
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_best_model(self):
+        self._load_head(self.state.best_model_checkpoint)
         if not self._load_weights(self.state.best_model_checkpoint):
             super()._load_best_model()
+
+    def _load_head(self, folder: str) -> None:
+        from ..models import CTC_HEAD_FILE, CtcHead
+
+        if self.ctc_head is None:
+            return
+        saved = CtcHead.load(folder, self.accelerator.unwrap_model(self.model))
+        if saved is None:
+            raise InvoiceVLMError(f"{folder}: no {CTC_HEAD_FILE} in this checkpoint of a run that trains one")
+        with torch.no_grad():
+            for p, q in zip(self.ctc_head.parameters(), saved.parameters()):
+                p.copy_(q)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         if self.generation_eval is None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        scores = self.generation_eval(self.model, self.processing_class)
+        scores = self.generation_eval(self.model, self.processing_class, self.ctc_head)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -138,12 +186,13 @@ class GenerationEval:
         self.samples, self.prompt = samples, prompt
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
-    def __call__(self, model, processor) -> dict[str, float]:
+    def __call__(self, model, processor, ctc_head=None) -> dict[str, float]:
         from ..data import open_image
         from ..evaluate import score_all
         from ..infer import Predictor
 
-        predictor = Predictor(model, processor, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        predictor = Predictor(model, processor, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                              ctc_head=ctc_head)
         images = [open_image(s.image) for s in self.samples]
         preds = predictor.predict(images, self.prompt)
         scores = score_all(preds, [s.text for s in self.samples])
@@ -334,6 +383,13 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
         quant = methods.quantization_config(cfg)
     model, processor = load(base, dtype=methods.base_dtype(cfg), trust_remote_code=cfg.trust_remote_code,
                             quantization_config=quant)
+    head = None
+    if unit is not None and cfg.ctc_weight:
+        from ..models import CtcHead
+
+        head = CtcHead.load(base, model)
+        if head is not None:
+            head = head.float().train()
     model, params = methods.apply(cfg, model)
     model.train()
     checks = preflight.check(cfg, model, processor, examples, unit)
@@ -370,7 +426,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     trainer = InvoiceTrainer(model=model, args=_sft_args(cfg, run_dir), train_dataset=train_ds,
                              eval_dataset=train_ds.select(range(1)) if cfg.eval.steps else None,
                              processing_class=processor, data_collator=collator, callbacks=cbs,
-                             generation_eval=generation_eval)
+                             generation_eval=generation_eval, ctc_head=head, ctc_weight=cfg.ctc_weight)
     if resume_from and main_process:  # a cut-short checkpoint would be rewritten in place, or outlive good ones
         for c in run_dir.glob("checkpoint-*"):
             if c.is_dir() and c.name.split("-")[-1].isdigit() and c not in done:
@@ -384,12 +440,16 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
             with staged_dir(run_dir / "adapter") as stage:
                 final.save_pretrained(stage, safe_serialization=True)
                 processor.save_pretrained(stage)
+                if head is not None:
+                    head.save(stage)
         if cfg.method != "qlora":  # 4-bit weights are not merged here: export merges onto the full-precision base
             if cfg.method == "lora":
                 final = final.merge_and_unload()
             with staged_dir(run_dir / "model") as stage:
                 final.save_pretrained(stage, safe_serialization=True)
                 processor.save_pretrained(stage)
+                if head is not None:
+                    head.save(stage)
         trainer.save_state()
         state = trainer.state
         write_json(run_dir / "train_result.json", {

@@ -53,7 +53,7 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
     import os
 
     from ..evaluate import cer
-    from . import Predictor, naive_predict
+    from ..infer import Predictor, naive_predict
 
     pairs = bench_pages(n, with_text=True)
     images, refs = [p for p, _ in pairs], [t for _, t in pairs]
@@ -81,13 +81,17 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
     naive_s = time.perf_counter() - t0
     rows.append({**_row(name, 1, n, naive_s, lat, naive_s), "cer": round(cer(naive, refs), 4)})
 
-    variants = [("engine", engine)]
+    variants = [("engine" + (" (CTC head)" if engine.ctc_head is not None else ""), engine)]
+    if engine.ctc_head is not None:  # the same engine reading with its decoder, token by token
+        variants.append(("engine (decoder)", Predictor(engine.model, engine.processor, batch_size=batch_size,
+                                                       max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                                       decode="generate")))
     if quantize:
-        from . import quantize_int8
+        from ..infer import quantize_int8
 
         variants.append(("engine + int8", Predictor(quantize_int8(engine.model), engine.processor,
                                                     batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                                    min_new_tokens=min_new_tokens)))
+                                                    min_new_tokens=min_new_tokens, ctc_head=engine.ctc_head)))
     for name, pred in variants:
         pred.stats["prepare_seconds"] = 0.0
         t0 = time.perf_counter()
@@ -109,7 +113,7 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
             row["prepare_ms"] = round(1000 * pred.stats["prepare_seconds"] / n)
             row["read_ms"] = round(1000 * (secs - pred.stats["prepare_seconds"]) / n)
         rows.append(row)
-        if name == "engine" and same != n and engine.unit is None:
+        if pred is engine and same != n and engine.unit is None:
             bad = next(k for k in range(n) if got[k] != naive[k])
             raise InvoiceVLMError(f"bench predict: the engine's greedy text differs from generate's on page {bad}: "
                                   f"{got[bad][:60]!r} vs {naive[bad][:60]!r}")
@@ -139,7 +143,7 @@ def bench_ray(model: str, images: list, refs: list[str], batch_size: int, max_ne
 
     from .. import jobs
     from ..evaluate import cer
-    from .files import iter_records
+    from ..infer.files import iter_records
 
     n = len(images)
     with tempfile.TemporaryDirectory(prefix="invoice-vlm-bench-ray-") as tmp:

@@ -88,10 +88,10 @@ def _run_variant(name: str, base: str, data: str, tmp: str, steps: int, warmup: 
 
     from ..data import read_split
     from ..models import load
-    from .collate import Collator
-    from .config import TrainConfig
-    from .tasks import build_examples, to_dataset
-    from .trainer import InvoiceTrainer, _sft_args
+    from ..train.collate import Collator
+    from ..train.config import TrainConfig
+    from ..train.tasks import build_examples, to_dataset
+    from ..train.trainer import InvoiceTrainer, _sft_args
 
     torch.manual_seed(seed)
     total = steps + warmup
@@ -178,8 +178,8 @@ def bench_collate(n: int = 64, batch_size: int = 32, rounds: int = 3, seed: int 
     from .. import synth
     from ..data import read_split
     from ..models import TinyModelConfig, create_tiny, load, normalize_pixels
-    from .collate import Collator
-    from .tasks import build_examples, to_dataset
+    from ..train.collate import Collator
+    from ..train.tasks import build_examples, to_dataset
 
     with tempfile.TemporaryDirectory(prefix="invoice-vlm-bench-collate-") as tmp:
         data = Path(tmp) / "data"

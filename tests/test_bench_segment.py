@@ -1,4 +1,4 @@
-"""The segmentation benchmark (invoice_vlm.evaluate.segbench, `invoice-vlm bench segment`) and the row grouping it
+"""The segmentation benchmark (invoice_vlm.bench.segment, `invoice-vlm bench segment`) and the row grouping it
 shares with the OCR engines: scoring on hand-made boxes, truth from a tiny born-digital PDF, the presets' geometry."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from invoice_vlm.evaluate import segbench as sb
+from invoice_vlm.bench import segment as sb
 
 # (text, x, baseline y, size) in points on a 420 x 300 pt page; the second row is two runs on one baseline
 ROWS = [("ACME Supplies GmbH", 40, 262, 16), ("Invoice No. 2024-117", 40, 226, 11),

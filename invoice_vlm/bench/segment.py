@@ -42,7 +42,7 @@ from PIL import Image
 
 from ..common import InvoiceVLMError
 from ..rows import SEGMENTER_VERSION, deskew, pillow_rotation, segment, skew_angle, tighten
-from .engines import group_rows
+from ..evaluate.engines import group_rows
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom, pixels
 
@@ -70,7 +70,7 @@ def own(image: Image.Image) -> Cut:
 
 @lru_cache(maxsize=1)
 def _rapidocr_engine():
-    from .engines import RapidOCREngine
+    from ..evaluate.engines import RapidOCREngine
 
     return RapidOCREngine(threads=1)  # one core, as the project's own segmenter has
 
@@ -149,7 +149,7 @@ def _pil_rotation(size: tuple[int, int], angle: float, expand: bool) -> np.ndarr
 def augment_geometry(preset: str, size: tuple[int, int], seed: int) -> np.ndarray:
     """The 3x3 map (homogeneous) from the clean render's pixels to those of ``synth.augment(render, preset,
     random.Random(seed))``: the presets draw their geometry first (scan: one rotation; photo: four corners moved
-    inwards), so the same seed gives the same draws here. tests/test_segbench.py checks it against the presets."""
+    inwards), so the same seed gives the same draws here. tests/test_bench_segment.py checks it against the presets."""
     rng = random.Random(seed)
     if preset == "none":
         return np.eye(3)
@@ -318,10 +318,6 @@ def degrade(image: Image.Image, preset: str, seed: int) -> Image.Image:
 
 def run(cfg: SegBenchConfig, progress: bool = True) -> dict:
     """Every candidate on the same pages; writes ``cfg.out`` (config, versions, per-page results) and returns it."""
-    from rich.progress import track
-
-    from ..common import environment_info, write_json
-
     pages = list_pages(cfg.data)
     pages = pages[:cfg.limit] if cfg.limit else pages
     if not pages:
@@ -391,7 +387,7 @@ def _run(cfg: SegBenchConfig, pages: list, candidates: dict, progress: bool) -> 
     versions["segmenter_version"] = SEGMENTER_VERSION
     summary = [summarize(name, results[name]) for name in candidates]
     if order_refs:  # page CER of perfect row texts grouped and ordered by each candidate (the text layer's own: the floor)
-        from . import cer
+        from ..evaluate import cer
 
         for line in summary:
             line["order_cer_pct"] = round(100 * cer(order[line["candidate"]], order_refs), 2)
@@ -409,7 +405,7 @@ def _run(cfg: SegBenchConfig, pages: list, candidates: dict, progress: bool) -> 
 
 
 def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 200, limit: int = 40,
-                         out: str = "", progress: bool = True) -> dict:
+                         out: str = "", progress: bool = True, decode: str = "auto") -> dict:
     """The row reader given perfect rows: each text-layer row of a page (``data.pdf_rows``) cut where the text layer
     puts it, tightened to its ink and padded as the segmenter pads (``rows._padded``), so it looks like a segmenter
     crop, and read by the engine. Scores (CER, characters): the rows the text layer can be trusted on, each against
@@ -418,14 +414,14 @@ def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 
     the segmenter costs. Manifests only (the page references come from them)."""
     from ..infer import Predictor
     from ..rows import _padded, row_image
-    from . import cer
+    from ..evaluate import cer
 
     pages = list_pages(data)
     if Path(data).is_dir():
         raise InvoiceVLMError(f"{data}: the reader benchmark needs a manifest (page references)")
     pages = pages[:limit] if limit else pages
     refs = references(data)
-    engine = Predictor.from_pretrained(model, device="cpu")
+    engine = Predictor.from_pretrained(model, device="cpu", decode=decode)
     from ..data import _open_pdf, _render, pdf_rows
     from rich.progress import track
 
@@ -464,7 +460,8 @@ def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 
                                                [t for t, ok in zip(texts, trusted) if ok]), 4) if any(trusted) else None,
                          "page_cer_text_layer_rows": round(cer([layer], [refs[pid]]), 4),
                          "page_cer_segmenter_rows": round(cer([seg], [refs[pid]]), 4)})
-    report = {"data": data, "model": model, "dpi": dpi, "pages": len(per_page), "rows": len(row_refs),
+    report = {"data": data, "model": model, "decode": "ctc" if engine.ctc_head is not None else "generate",
+              "dpi": dpi, "pages": len(per_page), "rows": len(row_refs),
               "rows_cer": round(cer(row_hyps, row_refs), 4),
               "rows_exact": round(sum(a == b for a, b in zip(row_hyps, row_refs)) / max(1, len(row_refs)), 4),
               "page_cer_text_layer_rows": round(cer(page_layer, page_refs), 4),

@@ -51,7 +51,7 @@ def make_pairs(n: int, seed: int = 0, noise: float = 0.02) -> tuple[list[Any], l
 
 
 def bench(n: int = 1000, seed: int = 0, noise: float = 0.02) -> list[dict[str, Any]]:
-    from . import score
+    from ..evaluate import score
 
     samples, ocr, extract = make_pairs(n, seed, noise)
     rows = []
@@ -73,7 +73,7 @@ def bench(n: int = 1000, seed: int = 0, noise: float = 0.02) -> list[dict[str, A
         mine, _ = timed(f"score {task}: {what}", lambda: score(samples, predictions, task), base_s)
         if _comparable(mine) != _comparable(base):
             raise RuntimeError(f"score {task}: the fast metrics differ from the libraries' results")
-    from .report import write_report
+    from ..evaluate.report import write_report
 
     with tempfile.TemporaryDirectory() as tmp:
         summary, fields, doc_rows = score(samples, ocr, "ocr")

@@ -1,0 +1,335 @@
+"""The row reader (invoice-vlm-tiny's kind): FastVLM with a ResNet tower and a character decoder, its row
+batches, the CTC read-out, and the reading unit a config records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..common import InvoiceVLMError
+from .base import EMBEDDED, _ALPHABET_LINE, embedded_model
+
+
+# ------------------------------------------------------------------------------------------ row reader
+# invoice-vlm-tiny reads one text row at a time (invoice_vlm.rows cuts pages into rows). Its architecture is
+# FastVLM's (FastVlmForConditionalGeneration, native in transformers): a convolutional tower — transformers' own
+# ResNetModel — whose feature map is flattened into image tokens, an MLP projector and a Qwen2 decoder that writes
+# the row character by character. Trained from scratch on this CPU, a convolutional front end starts reading many
+# times sooner than a ViT with linear patches (docs/embedded-model.md has the bake-off).
+
+@dataclass(frozen=True)
+class ReadingUnit:
+    """How a model reads, recorded in its config.json under ``reading``."""
+
+    unit: str = "row"  # "row": one text row an input; "page": the whole page (PaliGemma hub checkpoints)
+    height: int = 32  # a row is scaled to this height, its width following the aspect ratio
+    max_width: int = 1536  # wider rows are squeezed to this
+    multiple: int = 16  # widths are padded to a multiple of the vision tower's stride (white on the right)
+    grayscale: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config) -> "ReadingUnit | None":
+        """The unit recorded in a model's config (or config dict); None for a page model."""
+        data = config.get("reading") if isinstance(config, dict) else getattr(config, "reading", None)
+        if not data or data.get("unit", "page") == "page":
+            return None
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+ROW_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+
+
+@dataclass
+class RowModelConfig:
+    height: int = field(default=32, metadata={"help": "row image height in px (the tower's stride divides it)"})
+    max_width: int = 1536
+    stem: int = 32  # ResNet embedding width
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256])  # ResNet stage widths
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1])
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 1
+    text_intermediate: int = 1024
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+    @property
+    def stride(self) -> int:
+        return 4 * 2 ** (len(self.widths) - 1)  # stem /4, then /2 in every stage but the first
+
+    def __post_init__(self) -> None:
+        if self.height % self.stride:
+            raise ValueError(f"height {self.height} is not a multiple of the tower's stride {self.stride}")
+        if len(self.widths) != len(self.depths):
+            raise ValueError("widths and depths need one entry per ResNet stage")
+
+
+def row_alphabet() -> list[str]:
+    """Every character the synthetic invoices print, plus printable ASCII and the locales' symbols."""
+    import string
+
+    from ..synth import text_corpus
+
+    chars = set(string.printable[:95]) | set(_ALPHABET_LINE.replace(" ", "")) | set("".join(text_corpus()))
+    return sorted(c for c in chars if c not in "\n\r\t\x0b\x0c")
+
+
+def build_char_tokenizer(chars: list[str] | None = None):
+    """One token per character (a BPE model with no merges; anything else is <unk>): a reader learned from scratch
+    aligns characters to pixels, which word pieces would hide."""
+    from tokenizers import Tokenizer, decoders, models as tk_models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(ROW_SPECIALS + (chars or row_alphabet()))}
+    tok = Tokenizer(tk_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+                                   clean_up_tokenization_spaces=False, padding_side="right")
+
+
+def build_row_processor(tokenizer, cfg: RowModelConfig):
+    from transformers import LlavaProcessor, SiglipImageProcessorPil
+
+    # Rows arrive already scaled to cfg.height and padded to a multiple of the stride (invoice_vlm.rows), so the
+    # image processor only rescales and normalises; LlavaProcessor writes one <image> per feature-map cell.
+    image_processor = SiglipImageProcessorPil(do_resize=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=cfg.stride,
+                          vision_feature_select_strategy="full", image_token="<image>")
+
+
+def build_row_model(cfg: RowModelConfig, tokenizer):
+    from transformers import FastVlmConfig, FastVlmForConditionalGeneration, Qwen2Config, ResNetConfig
+
+    vision = ResNetConfig(num_channels=3, embedding_size=cfg.stem, hidden_sizes=list(cfg.widths),
+                          depths=list(cfg.depths), layer_type="basic", downsample_in_first_stage=False)
+    vision.hidden_size = cfg.widths[-1]  # FastVLM's projector reads the tower's output width from here
+    text = Qwen2Config(hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+                       num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                       num_key_value_heads=cfg.text_kv_heads, head_dim=cfg.text_hidden // cfg.text_heads,
+                       vocab_size=len(tokenizer), max_position_embeddings=cfg.max_position_embeddings,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    config = FastVlmConfig(vision_config=vision, text_config=text,
+                           image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                           image_seq_length=(cfg.height // cfg.stride) * (cfg.max_width // cfg.stride))
+    config.reading = ReadingUnit(unit="row", height=cfg.height, max_width=cfg.max_width,
+                                 multiple=cfg.stride).to_dict()
+    torch.manual_seed(cfg.seed)
+    model = FastVlmForConditionalGeneration(config)
+    for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    return model
+
+
+# White added to the right of every row before it is encoded, part of the row (attended, the same in every batch):
+# the tower's last columns then see paper, as they did when rows were trained padded to a wider neighbour.
+ROW_MARGIN = 192
+
+
+def row_batch(rows: Sequence[np.ndarray], texts: Sequence[str] | None, tokenizer, unit: ReadingUnit,
+              image_token_id: int) -> dict[str, torch.Tensor]:
+    """Model inputs for rows (uint8, height x width each): pixels padded white to one width, then
+    [<image> x cells, <bos>] (+ target + <eos> with labels when ``texts`` is given). ``ctc_targets`` and
+    ``image_columns`` (each row's own width in feature columns) feed a CTC head."""
+    rows = [np.pad(r, ((0, 0), (0, ROW_MARGIN)), constant_values=255) for r in rows] if ROW_MARGIN else rows
+    widths = [r.shape[1] for r in rows]
+    width = -(-max(widths) // unit.multiple) * unit.multiple
+    pix = np.full((len(rows), unit.height, width), 255, np.uint8)
+    for i, r in enumerate(rows):
+        pix[i, :, :r.shape[1]] = r
+    x = torch.from_numpy(pix).float().div_(127.5).sub_(1.0)  # the processor's rescale + normalise (mean=std=0.5)
+    pixel_values = x[:, None].expand(-1, 3, -1, -1).contiguous()
+    cells = (unit.height // unit.multiple) * (width // unit.multiple)
+    head = [image_token_id] * cells + [tokenizer.bos_token_id]
+    out: dict[str, torch.Tensor] = {"pixel_values": pixel_values,
+                                    "image_columns": torch.tensor([-(-w // unit.multiple) for w in widths])}
+    if texts is None:
+        ids = torch.tensor([head] * len(rows))
+        out.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+        return out
+    targets = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    length = len(head) + max(len(t) for t in targets) + 1
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, t in enumerate(targets):
+        seq = head + t + [tokenizer.eos_token_id]
+        ids[i, :len(seq)] = torch.tensor(seq)
+        labels[i, len(head):len(seq)] = torch.tensor(t + [tokenizer.eos_token_id])
+        mask[i, :len(seq)] = 1
+    out.update(input_ids=ids, attention_mask=mask, labels=labels,
+               ctc_targets=torch.tensor([c for t in targets for c in t], dtype=torch.long),
+               ctc_lengths=torch.tensor([len(t) for t in targets]))
+    return out
+
+
+# Training encodes rows in groups of widths rounded up to this many pixels: a batch of 32 rows has some 25 distinct
+# widths, and one tower call each made a fine-tuning step 3x slower. A row's pixels, its white margin and its
+# attended tokens are as at inference; only the margin's last columns see more white paper past the crop's edge
+# (inference encodes each row at its own width, exactly).
+TRAIN_WIDTH_GRID = 256
+
+
+def row_model_inputs(model, batch: dict[str, torch.Tensor],
+                     grid: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The decoder's inputs for a batch of rows (``rowdata.row_batch``), such that a row reads the same whatever its
+    batch: the tower sees each row at its own width (rows of one width share a call; a convolution near a row's
+    right edge would otherwise see the white padding of a wider neighbour; training passes ``grid``, see
+    TRAIN_WIDTH_GRID), the image tokens of padded columns are
+    kept out of attention, and positions count only the tokens attended to. Returns the image tokens
+    (batch, cells, hidden; zero where padded: the CTC head reads them) and ``inputs_embeds``, ``attention_mask``,
+    ``position_ids`` (and ``labels`` when the batch has them) for the model's forward or ``generate``."""
+    pixels, ids, columns = batch["pixel_values"], batch["input_ids"], batch["image_columns"]
+    unit = ReadingUnit.from_config(model.config)
+    n, per_col, cols = len(ids), pixels.shape[2] // unit.multiple, pixels.shape[3] // unit.multiple
+    hidden = model.config.text_config.hidden_size
+    tokens = None
+    step = max(1, grid // unit.multiple)  # grid 0: each row at its own width
+    encoded = torch.clamp(-(-columns // step) * step, max=cols)
+    for c in torch.unique(encoded).tolist():
+        idx = torch.nonzero(encoded == c).flatten()
+        feats = model.model.get_image_features(pixel_values=pixels[idx, :, :, :c * unit.multiple]).pooler_output
+        if tokens is None:
+            tokens = feats.new_zeros(n, per_col, cols, hidden)
+        tokens[idx, :, :c] = feats.view(len(idx), per_col, c, hidden)
+    if grid:  # zero past each row's own columns, as the CTC head expects
+        tokens = tokens * (torch.arange(cols, device=tokens.device)[None, :] < columns.to(tokens.device)[:, None])[
+            :, None, :, None].to(tokens.dtype)
+    tokens = tokens.view(n, per_col * cols, hidden)
+    is_image = ids.eq(model.config.image_token_id)
+    embeds = model.get_input_embeddings()(ids).masked_scatter(is_image[..., None], tokens.to(model.dtype))
+    padded = (torch.arange(cols, device=ids.device)[None, :] >= columns.to(ids.device)[:, None]).repeat(1, per_col)
+    mask = batch["attention_mask"].clone()
+    mask[is_image] = (~padded).to(mask.dtype).flatten()
+    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    out = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+    if "labels" in batch:
+        out["labels"] = batch["labels"]
+    return tokens, out
+
+
+# ------------------------------------------------------------------------------------------ the CTC read-out
+# The row reader also reads without its decoder: a linear CTC head over the image tokens (each feature column's
+# cells side by side, ``frames`` CTC frames a column). It trains beside the decoder (pretraining and fine-tuning
+# add its loss) and ships beside the checkpoint as ctc_head.safetensors, which plain transformers ignores (the
+# decoder still answers ``generate``). On real documents it reads far better than the decoder: no run-on, no
+# repetition, no invented tail (docs/embedded-model.md section 6), and in one pass instead of a token at a time.
+
+CTC_HEAD_FILE = "ctc_head.safetensors"
+
+
+class CtcHead(torch.nn.Linear):
+    """(rows x hidden) of a feature column -> ``frames`` x (vocabulary + blank) logits; the blank is the last
+    index. Its state is a plain Linear's (weight, bias)."""
+
+    def __init__(self, rows: int, hidden: int, vocab: int, frames: int):
+        super().__init__(rows * hidden, frames * (vocab + 1))
+        self.rows, self.frames, self.blank = rows, frames, vocab
+
+    @classmethod
+    def for_model(cls, model, frames: int) -> "CtcHead":
+        unit = ReadingUnit.from_config(model.config)
+        if unit is None:
+            raise InvoiceVLMError("a CTC head reads rows: this model reads pages")
+        return cls(unit.height // unit.multiple, model.config.text_config.hidden_size,
+                   model.config.text_config.vocab_size, frames)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, rows * cols, D) image tokens -> (B, cols * frames, V + 1)."""
+        b, n, d = tokens.shape
+        cols = n // self.rows
+        grid = tokens.view(b, self.rows, cols, d).permute(0, 2, 1, 3).reshape(b, cols, self.rows * d)
+        return super().forward(grid.to(self.weight.dtype)).view(b, cols * self.frames, -1)
+
+    def loss(self, tokens: torch.Tensor, columns: torch.Tensor, targets: torch.Tensor,
+             lengths: torch.Tensor) -> torch.Tensor:
+        lp = self.logits(tokens).float().log_softmax(-1)
+        return torch.nn.functional.ctc_loss(lp.transpose(0, 1), targets, columns * self.frames, lengths,
+                                            blank=self.blank, zero_infinity=True)
+
+    def read(self, tokens: torch.Tensor, columns: torch.Tensor) -> list[list[int]]:
+        """Best path over each row's own frames: repeats collapsed, blanks dropped."""
+        return greedy_ctc(self.logits(tokens), columns * self.frames, self.blank)
+
+    def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()},
+                  str(Path(folder) / CTC_HEAD_FILE), metadata={"format": "pt", "frames": str(self.frames)})
+
+    @classmethod
+    def load(cls, folder: str | Path, model) -> "CtcHead | None":
+        """The head saved beside ``model``'s checkpoint in ``folder``, or None when it has none."""
+        from safetensors import safe_open
+
+        f = Path(folder) / CTC_HEAD_FILE
+        if not f.is_file():
+            return None
+        with safe_open(str(f), "pt") as fh:
+            weights = {k: fh.get_tensor(k) for k in fh.keys()}
+        if "weight" not in weights or weights["weight"].ndim != 2:
+            raise InvoiceVLMError(f"{f}: not a CTC head (no 2-D 'weight')")
+        vocab = model.config.text_config.vocab_size
+        out_dim, in_dim = weights["weight"].shape
+        head = cls.for_model(model, max(1, out_dim // (vocab + 1)))
+        if (out_dim, in_dim) != tuple(head.weight.shape):
+            raise InvoiceVLMError(f"{f}: a head of shape {out_dim}x{in_dim} does not fit this model's image tokens "
+                                  f"and vocabulary ({head.weight.shape[0]}x{head.weight.shape[1]} for "
+                                  f"{head.frames} frames)")
+        head.load_state_dict(weights)
+        p = next(model.parameters())
+        return head.to(p.device, p.dtype).eval()
+
+
+def greedy_ctc(logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
+    """Best path of CTC logits (B, T, V) over each row's first ``lengths`` frames: repeats collapsed, blanks
+    dropped."""
+    best = logits.argmax(-1).tolist()
+    out = []
+    for row, n in zip(best, lengths.tolist()):
+        seq, prev = [], None
+        for t in row[:n]:
+            if t != prev and t != blank:
+                seq.append(t)
+            prev = t
+        out.append(seq)
+    return out
+
+
+def create_row_model(out: str | Path, cfg: RowModelConfig | None = None) -> Path:
+    """A random row reader (FastVLM architecture) with its character tokenizer and processor, saved like a hub
+    checkpoint; ``config.json`` records the reading unit."""
+    from ..common import staged_dir
+
+    cfg = cfg or RowModelConfig()
+    tokenizer = build_char_tokenizer()
+    processor = build_row_processor(tokenizer, cfg)
+    model = build_row_model(cfg, tokenizer)
+    out = Path(out)
+    with staged_dir(out) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        processor.save_pretrained(stage)
+    return out
+
+
+def reading_unit_of(name_or_path: str | Path):
+    """The reading unit a model's config.json records (invoice_vlm.rows.ReadingUnit), or None (it reads pages)."""
+    import json
+
+    name = str(embedded_model()) if str(name_or_path) == EMBEDDED else str(name_or_path)
+    cfg = Path(name) / "config.json"
+    if cfg.is_file():
+        try:
+            return ReadingUnit.from_config(json.loads(cfg.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as e:
+            raise InvoiceVLMError(f"{cfg}: unreadable reading unit ({e})") from None
+    return None  # a hub id: the hub's PaliGemma checkpoints read pages
