@@ -222,6 +222,8 @@ def bench_predict(
     ray: bool = typer.Option(False, "--ray", help="also predict --out over the pages as files: one process vs a "
                                                   "local Ray on the same cores"),
     actors: int = typer.Option(2, help="with --ray: actors sharing the cores"),
+    prep_workers: int = typer.Option(0, help="a row reader: also the engine with its pages prepared by this many "
+                                             "processes (predict --workers)"),
 ) -> None:
     """Pages/s, latency and CER: one generate() per page (per row for a row reader) vs the engine, and Tesseract,
     same pages; for a page model fails unless the greedy texts are identical."""
@@ -229,7 +231,8 @@ def bench_predict(
 
     def go():
         rows = bench(model=model, n=n, batch_size=batch_size, max_new_tokens=max_new_tokens, quantize=int8,
-                     min_new_tokens=min_new_tokens, tesseract=tesseract, ray=ray, actors=actors)
+                     min_new_tokens=min_new_tokens, tesseract=tesseract, ray=ray, actors=actors,
+                     prep_workers=prep_workers)
         least = f"at least {min_new_tokens} new tokens a page, " if min_new_tokens else ""
         columns = {"variant": "variant", "batch": "batch", "pages_per_s": "pages/s", "vs_naive": "vs naive",
                    "p50_s": "p50 s", "p95_s": "p95 s", "seconds": "seconds", "identical": "same text", "cer": "CER"}
@@ -240,6 +243,28 @@ def bench_predict(
             for r in rows:
                 r.setdefault("vs_single", "-")
         _print_bench(f"invoice-vlm bench predict ({model}, {n} pages, {least}{os.cpu_count()} CPUs)", rows, columns)
+
+    _guard(go)
+
+
+@bench_app.command("files")
+def bench_files(
+    data: str = typer.Option("../shared/data/real-invoices/manifest.jsonl", help="manifest.jsonl of PDF pages"),
+    limit: int = typer.Option(40, help="first N pages (0: all)"),
+    dpi: int = typer.Option(200, help="render resolution of the page images"),
+    workers: Optional[list[int]] = typer.Option(None, help="predict --workers values to run (repeatable; default: 0 "
+                                                           "and the number of cores)"),
+    model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id"),
+) -> None:
+    """The whole `invoice-vlm predict` command on page images vs `tesseract FILE -` per file, same images, same
+    cores: pages/s as a user sees them, CER beside each."""
+    from .bench.files import bench_files as run
+
+    def go():
+        rows = run(data, limit, dpi, workers, model)
+        _print_bench(f"invoice-vlm bench files ({rows[0]['pages']} pages of {data} at {dpi} dpi, {os.cpu_count()} "
+                     "CPUs)", rows, {"variant": "variant", "pages": "pages", "seconds": "seconds",
+                                     "pages_per_s": "pages/s", "vs_tesseract": "vs tesseract", "cer": "CER"})
 
     _guard(go)
 
@@ -498,7 +523,7 @@ def predict(
         predictor = Predictor.from_pretrained(o["model"], device=o["device"] or None, dtype=o["dtype"] or None,
                                               quantize=o["quantize"] or None, compile=o["compile"],
                                               max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"],
-                                              decode=o["decode"])
+                                              decode=o["decode"], workers=o["workers"])
         failed = [len(errors)]
 
         def items():
@@ -527,6 +552,7 @@ def predict(
                         typer.echo(f"==> {name}" + (f" page {k}" if count > 1 else "") + " <==")
                     typer.echo(text)  # plain: the output is meant for pipes, so no Rich wrapping
                 bar.advance(job)
+        predictor.close()
         if fmt == "json":
             results.sort(key=lambda r: (r["file"], r["page"]))
             typer.echo(json.dumps(results, ensure_ascii=False, indent=2))

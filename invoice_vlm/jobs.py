@@ -62,6 +62,8 @@ class PredictJobConfig:
     min_new_tokens: int = field(default=0, metadata={"help": "benchmarks only: at least this many tokens a page"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": "a row reader with a CTC head: auto | ctc | generate"})
+    workers: int = field(default=0, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
+                                                      "beside the model (0: in its own process)"})
     quantize: str = field(default="", metadata={"help": "int8: dynamic int8 quantisation (CPU)"})
     dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16 (default: bf16 on a GPU, fp32 on CPU)"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda when available)"})
@@ -293,7 +295,7 @@ def _run_local(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Ca
     predictor = Predictor.from_pretrained(cfg.model, device=cfg.device or None, dtype=cfg.dtype or None,
                                           quantize=cfg.quantize or None, compile=cfg.compile,
                                           max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                                          batch_size=cfg.batch_size, decode=cfg.decode)
+                                          batch_size=cfg.batch_size, decode=cfg.decode, workers=cfg.workers)
     wanted = cfg.page_list
     for shard in todo:
         errors: dict[int, str] = {}
@@ -315,6 +317,7 @@ def _run_local(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Ca
             texts[i][k] = text
         write_shard(out, shard, shard_records(shard, texts, errors, cfg.task))
         advance(len(shard.files))
+    predictor.close()
 
 
 # --------------------------------------------------------------------------------------------- Ray

@@ -473,6 +473,20 @@ def row_image(image: Image.Image, box: Box, unit: ReadingUnit) -> Image.Image:
     return crop.resize((width, unit.height), Image.Resampling.BILINEAR).convert("RGB")
 
 
+def page_rows(image: Image.Image, unit: ReadingUnit) -> list[np.ndarray]:
+    """A page as the row reader takes it: deskewed, cut into rows, each cropped and scaled to the unit (uint8 grey),
+    top to bottom. The engine's whole preparation of a page, in its process or in worker processes."""
+    image = deskew(image)
+    return [np.asarray(row_image(image, box, unit).convert("L")) for box in segment(image)]
+
+
+def prepare_worker() -> None:
+    """A worker process preparing pages beside the model: one thread each, the cores are the pool's."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 # --------------------------------------------------------------------------------------- training rows
 
 def match_rows(boxes: list[Box], extents: list[Sequence[float]], page_height: int) -> list[Box | None]:

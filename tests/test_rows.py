@@ -386,6 +386,22 @@ def test_fine_tuning_trains_the_ctc_head_and_saves_it_with_the_model(row_model_c
     assert (plain / "model" / "model.safetensors").is_file() and not (plain / "model" / CTC_HEAD_FILE).exists()
 
 
+def test_pages_prepared_by_worker_processes_read_the_same(row_model_ctc, pages):
+    """``workers``: deskew, segment and crop run in a pool of processes beside the model; the texts and their order
+    are those of the one-process engine."""
+    from invoice_vlm.infer import Predictor
+
+    images = [Image.open(s.image).convert("RGB") for s in read_split(pages, "test")]
+    alone = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4)
+    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4, workers=2)
+    try:
+        texts = pooled.predict(images)
+        assert pooled._pool is not None  # the pool did the work
+    finally:
+        pooled.close()
+    assert pooled._pool is None and texts == alone.predict(images) and sum(map(len, texts)) > 0
+
+
 def test_predictor_reads_a_page_row_by_row(row_model, pages):
     from invoice_vlm.infer import Predictor
 

@@ -3,8 +3,9 @@
 Naive is what the blog-post notebooks do: one ``model.generate`` per page. The engine batches pages (left
 padding, KV cache, pages sorted by how much text they show). Both decode greedily, so the texts must be identical:
 the benchmark fails if a single page differs. For a model that reads rows (invoice-vlm-tiny), naive is one
-``generate`` per row and the engine batches the rows of its pages; a row padded to its batch's width may read
-differently, so the same-text count is reported, not required. Tesseract (``--tesseract``) reads the same pages
+``generate`` per row and the engine batches the rows of its pages and reads them with its CTC head when it has one
+(``engine (decoder)``: the same batches through the decoder); the same-text count is reported, not required.
+``--prep-workers N`` adds the engine with its pages prepared by N processes beside the model. Tesseract (``--tesseract``) reads the same pages
 with the same cores (one process per core). Every case's CER against the pages' transcriptions is beside its
 speed. Latency of a page is the time until its text is out: for the naive way its own ``generate``, for the
 engine its batch (every page of a batch finishes together)."""
@@ -45,7 +46,8 @@ def _pct(values: list[float], q: float) -> float:
 
 def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, max_new_tokens: int = 512,
           quantize: bool = False, min_new_tokens: int = 0, tesseract: bool = False,
-          workers: int | None = None, ray: bool = False, actors: int = 2) -> list[dict[str, Any]]:
+          workers: int | None = None, ray: bool = False, actors: int = 2,
+          prep_workers: int = 0) -> list[dict[str, Any]]:
     """``min_new_tokens``: every page generates at least that many tokens (the end token is held back), in both
     ways: the cost of page-length transcriptions, whatever the model would stop at. ``tesseract``: add Tesseract
     on the same pages with ``workers`` processes (default: every core). ``ray``: add ``predict --out`` over the
@@ -86,6 +88,10 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
         variants.append(("engine (decoder)", Predictor(engine.model, engine.processor, batch_size=batch_size,
                                                        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                                        decode="generate")))
+    if prep_workers > 1 and engine.unit is not None:  # pages prepared in worker processes beside the model
+        variants.append((f"engine, {prep_workers} preparing processes",
+                         Predictor(engine.model, engine.processor, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   min_new_tokens=min_new_tokens, ctc_head=engine.ctc_head, workers=prep_workers)))
     if quantize:
         from ..infer import quantize_int8
 
@@ -104,6 +110,7 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
             lat.append(now - last if now - last > 1e-3 else lat[-1])  # pages of one batch share its time
             last = now
         secs = time.perf_counter() - t0
+        pred.close()
         got = [texts[k] for k in range(n)]
         same = sum(a == b for a, b in zip(got, naive))
         row = _row(name, batch_size, n, secs, lat, naive_s)

@@ -241,6 +241,8 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": "a row reader with a CTC head: auto | ctc (the head) | "
                                                           "generate (the decoder)"})
+    workers: int = field(default=0, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
+                                                      "beside the model (0: in its own process)"})
     max_new_tokens: int = field(default=0, metadata={"help": "0: from the longest reference, plus 10%"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N samples (0: all)"})
     dpi: int = field(default=200, metadata={"help": "render resolution of manifest PDF pages"})
@@ -472,7 +474,7 @@ def make_predictor(cfg: EvalConfig, samples: list, info: dict[str, Any]):
     model, processor = load(cfg.model)
     max_new = cfg.max_new_tokens or max_new_tokens_for(processor, [reference_for(s, cfg.task) for s in samples])
     predictor = Predictor(model, processor, max_new_tokens=max_new, batch_size=cfg.batch_size,
-                          ctc_head=load_ctc_head(cfg.model, model), decode=cfg.decode)
+                          ctc_head=load_ctc_head(cfg.model, model), decode=cfg.decode, workers=cfg.workers)
     info.update(model=cfg.model, max_new_tokens=max_new,
                 **({"decode": "ctc" if predictor.ctc_head is not None else "generate"} if predictor.unit else {}))
     return predictor

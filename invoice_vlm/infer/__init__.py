@@ -48,7 +48,7 @@ class Predictor:
 
     def __init__(self, model, processor, max_new_tokens: int = 512, batch_size: int = 8, sort_by_length: bool = True,
                  window: int = 4, min_new_tokens: int = 0, row_batch_size: int = 64, ctc_head=None,
-                 decode: str = "auto"):
+                 decode: str = "auto", workers: int = 0):
         from ..common import InvoiceVLMError
         from ..models import ReadingUnit
 
@@ -61,6 +61,10 @@ class Predictor:
         if decode == "ctc" and ctc_head is None:
             raise InvoiceVLMError("decode ctc needs a row reader with a CTC head (ctc_head.safetensors beside it)")
         self.ctc_head = ctc_head if decode != "generate" else None
+        # a row reader's pages are prepared (deskew, segment, crop) by this many processes beside the model (0 or 1:
+        # in the model's own process); the texts are the same
+        self.workers = max(0, workers)
+        self._pool = None
         self.row_batch_size = max(1, row_batch_size)
         self.processor = processor
         self.max_new_tokens = max_new_tokens
@@ -131,7 +135,6 @@ class Predictor:
 
     def _read_pages(self, images: Sequence[Image.Image], prompts: list[str]) -> list[str]:
         from ..common import InvoiceVLMError
-        from ..rows import deskew, row_image, segment
         from ..fields import EXTRACT_PROMPT
 
         for p in prompts:
@@ -140,11 +143,9 @@ class Predictor:
                                       f"{EXTRACT_PROMPT!r}, not {p!r}")
         rows, owner = [], []
         t0 = time.perf_counter()
-        for k, image in enumerate(images):
-            image = deskew(image)
-            for box in segment(image):
-                rows.append(np.asarray(row_image(image, box, self.unit).convert("L")))
-                owner.append(k)
+        for k, page in enumerate(self._prepare(images)):
+            rows += page
+            owner += [k] * len(page)
         self.stats["prepare_seconds"] += time.perf_counter() - t0  # deskew, segment, crop: a page's preparation
         texts = self.read_rows(rows)
         pages: list[list[str]] = [[] for _ in images]
@@ -163,6 +164,26 @@ class Predictor:
                 text = json.dumps(fields_from_text(text), ensure_ascii=False)
             out.append(text)
         return out
+
+    def _prepare(self, images: Sequence[Image.Image]) -> list[list[np.ndarray]]:
+        from ..rows import page_rows, prepare_worker
+
+        if self.workers < 2 or len(images) < 2:
+            return [page_rows(im, self.unit) for im in images]
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the parent holds torch's and OpenCV's thread pools, which a fork copies half-alive
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=prepare_worker)
+        return list(self._pool.map(page_rows, images, [self.unit] * len(images)))
+
+    def close(self) -> None:
+        """Stop the worker processes that prepare pages, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     @torch.inference_mode()
     def read_rows(self, rows: list[np.ndarray]) -> list[str]:
