@@ -9,16 +9,13 @@ from .chat import GOT_OCR2_CHAT_TEMPLATE
 
 
 # ------------------------------------------------------------------------------------------ families
-# How each family turns (image, prompt, target) into model inputs. PaliGemma uses its processor's prefix/suffix
-# API (prompt: bidirectional prefix, token_type_ids 0; target: causal suffix, 1); encoder-decoders (Florence-2) take
-# image + prompt in the encoder and the target as labels; chat models (Idefics3, Gemma 3, LightOnOCR, PaddleOCR-VL,
-# ...) use their chat template: user turn = image + prompt, assistant turn = target.
+# How each family turns (image, prompt, target) into model inputs: one kind object each (PaliGemmaKind,
+# Seq2SeqKind, ChatKind below) with the same two methods, training_batch and generation_inputs.
 
 
 def family(processor) -> str:
     """``paligemma``, ``seq2seq`` (Florence-2) or ``chat`` (every other family)."""
-    name = type(processor).__name__
-    return {"PaliGemmaProcessor": "paligemma", "Florence2Processor": "seq2seq"}.get(name, "chat")
+    return kind_of(processor).name
 
 
 def generated_tokens(model, inputs, out: torch.Tensor) -> torch.Tensor:
@@ -63,7 +60,7 @@ def raw_pixels_supported(processor) -> bool:
     resizes differently, so it keeps its own path)."""
     ip = getattr(processor, "image_processor", None)
     size = getattr(ip, "size", None)
-    return (family(processor) == "paligemma" and getattr(ip, "backend", None) == "pil"
+    return (isinstance(kind_of(processor), PaliGemmaKind) and getattr(ip, "backend", None) == "pil"
             and bool(getattr(ip, "do_resize", False)) and getattr(size, "height", None) is not None
             and getattr(size, "width", None) is not None)
 
@@ -95,12 +92,14 @@ def normalize_pixels(pixel_values: torch.Tensor, image_processor, dtype=torch.fl
     return x.to(dtype)
 
 
-def training_batch(processor, images: list, prompts: list[str], targets: list[str],
-                   raw_pixels: bool = False) -> dict[str, torch.Tensor]:
-    """Inputs with ``labels``: -100 on image, prompt and padding tokens; the target (+ end token) elsewhere.
-    ``raw_pixels`` (PaliGemma with a PIL image processor, see raw_pixels_supported): ``pixel_values`` are the
-    resized pages as uint8, for normalize_pixels on the device."""
-    if family(processor) == "paligemma":
+class PaliGemmaKind:
+    """PaliGemma's processor API: the prompt is a bidirectional prefix (token_type_ids 0), the target a causal
+    suffix (1); only the suffix carries loss. Pages may travel as uint8 (``raw_pixels``)."""
+
+    name = "paligemma"
+
+    def training_batch(self, processor, images: list, prompts: list[str], targets: list[str],
+                       raw_pixels: bool = False) -> dict[str, torch.Tensor]:
         tok, old = _padding(processor, "right")
         raw = {}
         if raw_pixels:
@@ -119,23 +118,64 @@ def training_batch(processor, images: list, prompts: list[str], targets: list[st
         labels[batch["attention_mask"] == 0] = -100
         batch["labels"] = labels
         return dict(batch)
-    if family(processor) == "seq2seq":
-        return _seq2seq_training_batch(processor, images, prompts, targets)
-    return _chat_training_batch(processor, images, prompts, targets)
 
-
-def generation_inputs(processor, images: list, prompts: list[str]):
-    """Prompt-only inputs, left-padded so every prompt ends where generation starts."""
-    if family(processor) == "paligemma":
+    def generation_inputs(self, processor, images: list, prompts: list[str]):
         tok, old = _padding(processor, "left")
         try:
             return processor(images=images, text=[f"<image>{p}" for p in prompts], return_tensors="pt",
                              padding="longest")
         finally:
             tok.padding_side = old
-    if family(processor) == "seq2seq":
+
+
+class Seq2SeqKind:
+    """An encoder-decoder (Florence-2): image and prompt go to the encoder, the target is the decoder's labels."""
+
+    name = "seq2seq"
+
+    def training_batch(self, processor, images: list, prompts: list[str], targets: list[str],
+                       raw_pixels: bool = False) -> dict[str, torch.Tensor]:
+        return _seq2seq_training_batch(processor, images, prompts, targets)
+
+    def generation_inputs(self, processor, images: list, prompts: list[str]):
         return processor(images=images, text=prompts, padding=True, return_tensors="pt")
-    return _chat_generation_inputs(processor, images, prompts)
+
+
+class ChatKind:
+    """Every other family (Idefics3, Gemma 3, LightOnOCR, PaddleOCR-VL, ...): its chat template, user turn = image
+    + prompt, assistant turn = target; only the answer and its end-of-turn token carry loss."""
+
+    name = "chat"
+
+    def training_batch(self, processor, images: list, prompts: list[str], targets: list[str],
+                       raw_pixels: bool = False) -> dict[str, torch.Tensor]:
+        return _chat_training_batch(processor, images, prompts, targets)
+
+    def generation_inputs(self, processor, images: list, prompts: list[str]):
+        return _chat_generation_inputs(processor, images, prompts)
+
+
+# One small interface per page-model kind, chosen by the processor's class (the row reader has its own batches:
+# models.rows.row_batch).
+KINDS = {"PaliGemmaProcessor": PaliGemmaKind(), "Florence2Processor": Seq2SeqKind()}
+CHAT_KIND = ChatKind()
+
+
+def kind_of(processor):
+    return KINDS.get(type(processor).__name__, CHAT_KIND)
+
+
+def training_batch(processor, images: list, prompts: list[str], targets: list[str],
+                   raw_pixels: bool = False) -> dict[str, torch.Tensor]:
+    """Inputs with ``labels``: -100 on image, prompt and padding tokens; the target (+ end token) elsewhere.
+    ``raw_pixels`` (PaliGemma with a PIL image processor, see raw_pixels_supported): ``pixel_values`` are the
+    resized pages as uint8, for normalize_pixels on the device."""
+    return kind_of(processor).training_batch(processor, images, prompts, targets, raw_pixels)
+
+
+def generation_inputs(processor, images: list, prompts: list[str]):
+    """Prompt-only inputs, left-padded so every prompt ends where generation starts."""
+    return kind_of(processor).generation_inputs(processor, images, prompts)
 
 
 def _seq2seq_training_batch(processor, images: list, prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
