@@ -156,3 +156,30 @@ def test_bench_train_compares_against_a_plain_loop():
     assert [r["variant"] for r in rows] == ["plain", "invoice-vlm", "invoice-vlm, logits everywhere", "trl-default"]
     assert rows[0]["vs_plain"] == 1.0 and all(r["samples_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     assert rows[1]["data_wait_pct"] is not None and 0 <= rows[1]["data_wait_pct"] < 100
+
+
+@pytest.mark.parametrize("command,cls,skip", [
+    ("eval", "invoice_vlm.evaluate:EvalConfig", {"data", "ray"}),
+    ("serve", "invoice_vlm.serve:ServeConfig", set()),
+    ("predict", "invoice_vlm.jobs:PredictJobConfig", {"inputs", "out", "ray", "min_new_tokens"}),
+])
+def test_command_options_are_their_config_dataclass(command, cls, skip):
+    """One place says what an option is: every field of the stage's config is an option of its command, with the
+    field's default and help (``cli.config_options``), but for those the command declares in another form."""
+    import dataclasses
+    import importlib
+
+    import typer.main
+
+    from invoice_vlm.cli import app
+
+    module, name = cls.split(":")
+    config = getattr(importlib.import_module(module), name)
+    click_cmd = typer.main.get_command(app).commands[command]
+    params = {p.name: p for p in click_cmd.params}
+    for f in dataclasses.fields(config):
+        if f.name in skip:
+            continue
+        assert f.name in params, f"{command}: no --{f.name.replace('_', '-')}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert params[f.name].default == default and params[f.name].help == f.metadata.get("help", ""), f.name
