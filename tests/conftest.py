@@ -129,3 +129,56 @@ def reading_model(tiny_model, tmp_path_factory):
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+# ------------------------------------------------------------------------------------------ the row reader
+def _small_rows():
+    """Two ResNet stages (stride 8) and a 2 x 64 decoder: seconds on a CPU."""
+    from invoice_vlm.models import RowModelConfig
+
+    return RowModelConfig(height=16, max_width=256, stem=8, widths=[16, 32], depths=[1, 1], text_hidden=64,
+                          text_layers=2, text_heads=2, text_kv_heads=1, text_intermediate=128,
+                          max_position_embeddings=512)
+
+
+SMALL_ROWS = _small_rows()
+
+
+@pytest.fixture(scope="session")
+def row_pages(tmp_path_factory):
+    """12 synthetic invoices at 100 dpi (8 train, 4 test): pages for the row reader's tests."""
+    from invoice_vlm import synth
+
+    out = tmp_path_factory.mktemp("rowpages") / "ds"
+    synth.main(synth.SynthConfig(out=str(out), n=12, seed=3, dpi=100, workers=1, split="train=8,test=4"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def row_model(tmp_path_factory):
+    """A random row reader of SMALL_ROWS's shape, saved like a hub checkpoint."""
+    from invoice_vlm.models import create_row_model
+
+    return create_row_model(tmp_path_factory.mktemp("rowmodel") / "model", SMALL_ROWS)
+
+
+@pytest.fixture(scope="session")
+def row_model_ctc(row_model, tmp_path_factory):
+    """The small row reader with a CTC head beside it (seeded random weights, biased away from the blank so that it
+    writes characters)."""
+    import shutil
+
+    import torch
+
+    from invoice_vlm.models import CtcHead, load
+
+    out = tmp_path_factory.mktemp("rowmodel-ctc") / "model"
+    shutil.copytree(row_model, out)
+    model, _ = load(out)
+    torch.manual_seed(0)
+    head = CtcHead.for_model(model, frames=2)
+    with torch.no_grad():
+        head.weight.mul_(40)
+        head.bias.view(2, -1)[:, -1] -= 1.0
+    head.save(out)
+    return out

@@ -14,7 +14,7 @@ from tests.test_bench_segment import TEXT, make_pdf
 def test_bench_files_times_the_whole_command_and_tesseract_on_the_same_images(tmp_path):
     from invoice_vlm.bench.files import bench_files
     from invoice_vlm.models import create_row_model
-    from tests.test_rows import SMALL
+    from conftest import SMALL_ROWS
 
     for k in range(2):
         make_pdf(tmp_path / "pdf" / f"p{k}.pdf")
@@ -23,7 +23,7 @@ def test_bench_files_times_the_whole_command_and_tesseract_on_the_same_images(tm
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("".join(json.dumps({"id": f"p{k}", "pdf": f"pdf/p{k}.pdf", "page": 0,
                                             "text": f"text/p{k}.txt"}) + "\n" for k in range(2)))
-    model = create_row_model(tmp_path / "model", SMALL)
+    model = create_row_model(tmp_path / "model", SMALL_ROWS)
     rows = bench_files(str(manifest), limit=0, dpi=100, workers=[0, 2], model=str(model))
     assert [r["variant"] for r in rows][1:] == ["invoice-vlm predict --workers 0", "invoice-vlm predict --workers 2"]
     assert rows[0]["variant"].startswith("tesseract FILE - (")

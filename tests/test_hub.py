@@ -8,15 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 from invoice_vlm import evaluate as ev
 from invoice_vlm import hub
 from invoice_vlm.common import InvoiceVLMError
-from invoice_vlm.models import load
+from invoice_vlm.models import load, row_batch
 
 
 def test_export_casts_and_writes_a_card_with_the_measured_numbers(tiny_model, text_dataset, tmp_path):
@@ -265,3 +267,39 @@ def test_cli_push_errors(tmp_path, tiny_model):
         next(line for line in r.stderr.splitlines() if "invalid repo id" in line)]
     r = CliRunner().invoke(app, ["export", "--model", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "no model here" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_row_model_card_snippet_runs_with_plain_transformers(row_model_ctc, tmp_path):
+    """The exported card's snippet reads a row image in a fresh process that never imports invoice_vlm: with the
+    decoder, then with the CTC head, each as the engine does."""
+    import subprocess
+    import sys
+
+    from PIL import ImageDraw
+
+    from invoice_vlm import hub
+
+    out = hub.export(str(row_model_ctc), tmp_path / "release", "bfloat16", name="acme/rows")
+    card = (out / "README.md").read_text()
+    assert "reading unit: one text row, scaled to 16 px" in card
+    row = Image.new("RGB", (200, 30), "white")
+    ImageDraw.Draw(row).text((4, 8), "Total 12.50", fill="black")
+    row.save(tmp_path / "row.png")
+    code = hub.usage_snippet(card).replace('"acme/rows"', repr(str(out))).replace("max_new_tokens=256",
+                                                                                 "max_new_tokens=4")
+    code = "import sys; sys.modules['invoice_vlm'] = None\n" + code + "\nimport numpy; numpy.save('canvas.npy', numpy.asarray(canvas))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # the snippet gives the model the pixels the engine gives it for the same row (scale, white margin, canvas),
+    # and so the same text
+    from invoice_vlm.infer import Predictor
+    from invoice_vlm.rows import row_image
+
+    engine = Predictor.from_pretrained(str(out), device="cpu", dtype="bfloat16", max_new_tokens=4)
+    decoder = Predictor.from_pretrained(str(out), device="cpu", dtype="bfloat16", max_new_tokens=4, decode="generate")
+    crop = np.asarray(row_image(row, (0, 0, row.width, row.height), engine.unit).convert("L"))
+    pixels = row_batch([crop], None, engine.processor.tokenizer, engine.unit, 0)["pixel_values"][0, 0]
+    assert np.array_equal(np.load(tmp_path / "canvas.npy"), ((pixels + 1) * 127.5).round().numpy().astype(np.uint8))
+    generated, ctc = result.stdout.rstrip("\n").split("\n")
+    assert engine.ctc_head is not None and ctc.strip() == engine.read_rows([crop])[0] != ""
+    assert generated.strip() == decoder.read_rows([crop])[0]

@@ -8,14 +8,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from invoice_vlm.cli import app
 from invoice_vlm.common import InvoiceVLMError
-from invoice_vlm.data import document_pages, parse_pages, to_rgb
+from invoice_vlm.data import document_pages, parse_pages, read_split, to_rgb
 from invoice_vlm.infer import Predictor, ink, naive_predict, quantize_int8
-from invoice_vlm.models import load
+from invoice_vlm.models import load, row_batch
+from invoice_vlm.rows import segment
 
 runner = CliRunner()
 
@@ -197,3 +199,96 @@ def test_bench_predict_compares_with_naive_and_checks_the_text(monkeypatch, tiny
     assert variants[:2] == ["naive (generate per page)", "engine"] and variants[2].startswith("tesseract (")
     assert rows[1]["identical"] == "6/6" and rows[1]["pages_per_s"] > 0 and rows[1]["p95_s"] >= rows[1]["p50_s"]
     assert all(0 <= r["cer"] for r in rows) and rows[0]["cer"] == rows[1]["cer"]  # the same text, the same CER
+
+
+def test_ctc_head_reads_rows_in_one_pass_whatever_their_batch(row_model, row_model_ctc, row_pages):
+    """A row reader with ctc_head.safetensors reads with the head (no generate call), the same texts at row batches
+    of 1, 7 and 1024; ``decode=generate`` uses the decoder; ``decode=ctc`` needs a head."""
+    from invoice_vlm.infer import Predictor
+    from invoice_vlm.rows import row_image
+
+    pred = Predictor.from_pretrained(str(row_model_ctc), device="cpu", max_new_tokens=4)
+    assert pred.ctc_head is not None and pred.ctc_head.frames == 2
+    pred.model.generate = None  # the CTC read-out must not generate
+    rows = []
+    for s in read_split(row_pages, "test")[:2]:
+        page = Image.open(s.image).convert("RGB")
+        rows += [np.asarray(row_image(page, box, pred.unit).convert("L")) for box in segment(page)]
+    texts = {}
+    for size in (1, 7, 1024):
+        pred.row_batch_size = size
+        texts[size] = pred.read_rows(rows)
+    assert len(rows) > 20 and sum(len(t) for t in texts[1]) > 2 * len(rows)
+    assert texts[7] == texts[1] and texts[1024] == texts[1]
+    # the best path by hand: argmax per frame over the row's own columns, repeats collapsed, blanks dropped
+    batch = row_batch(rows[:1], None, pred.processor.tokenizer, pred.unit, pred.model.config.image_token_index)
+    from invoice_vlm.models import row_model_inputs
+
+    with torch.no_grad():
+        tokens, _ = row_model_inputs(pred.model, batch)
+        best = pred.ctc_head.logits(tokens)[0].argmax(-1).tolist()
+    blank = pred.ctc_head.blank
+    ids = [t for i, t in enumerate(best) if t != blank and (i == 0 or t != best[i - 1])]
+    assert pred.processor.tokenizer.decode(ids).strip() == texts[1][0]
+    generated = Predictor.from_pretrained(str(row_model_ctc), device="cpu", max_new_tokens=4, decode="generate")
+    assert generated.ctc_head is None and len(generated.read_rows(rows[:3])) == 3
+    with pytest.raises(Exception, match="decode ctc needs a row reader with a CTC head"):
+        Predictor.from_pretrained(str(row_model), decode="ctc")
+
+
+def test_pages_prepared_by_worker_processes_read_the_same(row_model_ctc, row_pages):
+    """``workers``: deskew, segment and crop run in a pool of processes beside the model; the texts and their order
+    are those of the one-process engine."""
+    from invoice_vlm.infer import Predictor
+
+    images = [Image.open(s.image).convert("RGB") for s in read_split(row_pages, "test")]
+    alone = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4)
+    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4, workers=2)
+    try:
+        texts = pooled.predict(images)
+        assert pooled._pool is not None  # the pool did the work
+    finally:
+        pooled.close()
+    assert pooled._pool is None and texts == alone.predict(images) and sum(map(len, texts)) > 0
+
+
+def test_predictor_reads_a_page_row_by_row(row_model, row_pages):
+    from invoice_vlm.infer import Predictor
+
+    model, processor = load(row_model)
+    pred = Predictor(model, processor, max_new_tokens=4, row_batch_size=16)
+    page = Image.open(read_split(row_pages, "test")[0].image)
+    rows = len(segment(page))
+    calls = []
+    original = pred.read_rows
+    pred.read_rows = lambda r: calls.append(len(r)) or original(r)
+    texts = pred.predict([page, Image.new("RGB", (300, 300), "white")])
+    assert calls == [rows] and len(texts) == 2 and texts[1] == ""
+    assert len(texts[0].split("\n")) <= rows
+    assert pred.stats["pages"] == 2 and 0 < pred.stats["prepare_seconds"]  # bench predict's preparation time
+    assert json.loads(pred.predict([page], "extract")[0]) is not None
+    with pytest.raises(Exception, match="reads text rows"):
+        pred.predict([page], "answer en What is the total?")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decode", ["ctc", "generate"])
+def test_a_rows_text_does_not_depend_on_its_batch(row_pages, decode):
+    """The shipped reader on two pages' rows, read alone, in batches of 7 and all in one batch of 1024: the same
+    texts (session 13: short rows padded to a wide neighbour ran on past their text, 3% vs 14% page CER), with its
+    CTC head and with its decoder."""
+    from invoice_vlm.infer import Predictor
+    from invoice_vlm.models import EMBEDDED_DIR
+    from invoice_vlm.rows import row_image
+
+    pred = Predictor.from_pretrained(str(EMBEDDED_DIR), device="cpu", decode=decode)
+    rows = []
+    for s in read_split(row_pages, "test")[:2]:
+        page = Image.open(s.image).convert("RGB")
+        rows += [np.asarray(row_image(page, box, pred.unit).convert("L")) for box in segment(page)]
+    texts = {}
+    for size in (1, 7, 1024):
+        pred.row_batch_size = size
+        texts[size] = pred.read_rows(rows)
+    assert len(rows) > 20 and sum(len(t) for t in texts[1]) > 10 * len(rows)
+    assert texts[7] == texts[1] and texts[1024] == texts[1]

@@ -120,3 +120,11 @@ def test_the_embedded_model_is_shipped_tiny_and_loads_by_name():
     assert model.config.reading["unit"] == "row" and type(processor).__name__ == "LlavaProcessor"
     info = json.loads((EMBEDDED_DIR / "export.json").read_text())
     assert info["dtype"] == "bfloat16" and info["evaluations"]
+    # its CTC head ships beside the weights, bf16 too, and fits them (the engine reads with it)
+    from invoice_vlm.models import CTC_HEAD_FILE, CtcHead
+
+    with safe_open(str(EMBEDDED_DIR / CTC_HEAD_FILE), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+    head = CtcHead.load(EMBEDDED_DIR, model)
+    assert head is not None and info["ctc_head"] == {"file": CTC_HEAD_FILE, "frames": head.frames}
+    assert "ctc_head.safetensors" in card

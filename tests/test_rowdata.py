@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from invoice_vlm.common import InvoiceVLMError
-from invoice_vlm.models import ReadingUnit
-from invoice_vlm.train.rowdata import (PdfBankConfig, RowBank, build_pdf_bank, draw_string, held_out_path,
+from invoice_vlm.data import read_split
+from invoice_vlm.models import ReadingUnit, build_char_tokenizer
+from invoice_vlm.train.rowdata import (PdfBankConfig, RowBank, RowSampler, chars_of, build_pdf_bank, draw_string, held_out_path,
                                        row_fonts)
 
 from conftest import ROW_LINES as LINES, write_rows_pdf as _pdf
@@ -96,3 +97,26 @@ def test_dot_leaders_leave_the_real_bank_and_the_other_rows_keep_their_pixels():
     kept = without_dot_leaders(bank)
     assert kept.texts == ["Total due 1,234.50 EUR", "a. b. c. d."]
     assert np.array_equal(kept.row(0), rows[1]) and np.array_equal(kept.row(1), rows[3])
+
+
+def test_row_bank_holds_matched_rows_and_survives_a_save_without_pickle(row_pages, tmp_path):
+    unit = ReadingUnit(height=16, max_width=256, multiple=8)
+    samples = read_split(row_pages, "train")[:3]
+    bank = RowBank.build(samples, unit, progress=False)
+    texts = {t for s in samples for t in s.text.split("\n")}
+    assert len(bank) > 20 and all(t == "" or t in texts for t in bank.texts)
+    assert all(bank.row(i).shape[0] == 16 for i in range(len(bank)))
+    bank.save(tmp_path / "bank.npz")
+    again = RowBank.load(tmp_path / "bank.npz")
+    assert again.texts == bank.texts and np.array_equal(again.strip, bank.strip)
+
+
+def test_a_step_s_batch_is_a_pure_function_of_seed_and_step(row_pages):
+    unit = ReadingUnit(height=16, max_width=256, multiple=8)
+    bank = RowBank.build(read_split(row_pages, "train")[:2], unit, progress=False)
+    chars = chars_of(build_char_tokenizer())
+    a, b = RowSampler(bank, unit, chars, seed=1), RowSampler(bank, unit, chars, seed=1)
+    rows_a, texts_a = a.batch(7, 8, 0.5)
+    rows_b, texts_b = b.batch(7, 8, 0.5)
+    assert texts_a == texts_b and all(np.array_equal(x, y) for x, y in zip(rows_a, rows_b))
+    assert a.batch(8, 8, 0.5)[1] != texts_a

@@ -425,3 +425,42 @@ def test_logits_only_where_labelled_is_the_same_training(tiny_model, text_datase
     assert all(h < s for s, h in seen[True]), seen[True]   # cut: fewer positions than the sequence
     assert all(h == s for s, h in seen[False]), seen[False]  # uncut: every position
     _assert_same_training(runs[True], runs[False])
+
+
+def test_fine_tuning_trains_the_ctc_head_and_saves_it_with_the_model(row_model_ctc, row_pages, tmp_path):
+    """The head's loss joins the decoder's (logged as ctc_loss), it moves, and the model folder carries it, as
+    does every checkpoint; with ctc_weight 0 the model is saved without one."""
+    from safetensors.torch import load_file
+
+    from invoice_vlm.common import build_config
+    from invoice_vlm.models import CTC_HEAD_FILE
+    from invoice_vlm.train import main as train_main
+    from invoice_vlm.train.config import TrainConfig
+
+    def run(name, *sets):
+        cfg = build_config(TrainConfig, "configs/tiny/full.yaml", sets=[
+            f"model={row_model_ctc}", f"data={row_pages}", f"name={name}", f"output_root={tmp_path}",
+            "sft.max_steps=2", "sft.per_device_train_batch_size=4", "sft.logging_steps=1", "sft.save_steps=2",
+            "sft.report_to=none", *sets])
+        return train_main(cfg)
+
+    before = load_file(str(row_model_ctc / CTC_HEAD_FILE))
+    out = run("ctc")
+    after = load_file(str(out / "model" / CTC_HEAD_FILE))
+    assert before.keys() == after.keys() and not torch.equal(before["weight"], after["weight"])
+    assert torch.equal(load_file(str(out / "checkpoint-2" / CTC_HEAD_FILE))["weight"], after["weight"])
+    logs = json.loads((out / "train_result.json").read_text())["log_history"]
+    assert any(e.get("ctc_loss", 0) > 0 for e in logs)
+    plain = run("plain", "ctc_weight=0")
+    assert (plain / "model" / "model.safetensors").is_file() and not (plain / "model" / CTC_HEAD_FILE).exists()
+
+
+def test_row_examples_pair_each_box_with_its_line(row_pages):
+    from invoice_vlm.train.tasks import row_examples
+
+    samples = read_split(row_pages, "train")[:2]
+    examples, skipped = row_examples(samples)
+    assert not skipped
+    lines = {t for s in samples for t in s.text.split("\n") if t.strip()}
+    assert {e.target for e in examples} <= lines and len(examples) >= 0.95 * len(lines)
+    assert all(e.box and e.task == "row" for e in examples)
