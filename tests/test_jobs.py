@@ -284,3 +284,22 @@ def test_the_commands_in_docs_scale_md_exist():
             assert flag in help_text, (words, flag)
             checked += 1
     assert checked >= 20
+
+
+def test_predict_out_with_the_row_reader_and_preparing_processes(tmp_path, row_model_ctc, row_pages):
+    """The shipped architecture through the job runner, its pages prepared by two worker processes: the records
+    hold what the engine reads, in input order."""
+    from PIL import Image
+
+    from invoice_vlm.data import read_split
+    from invoice_vlm.infer import Predictor
+
+    files = [s.image for s in read_split(row_pages, "test")[:3]]
+    out = tmp_path / "out"
+    r = invoke("predict", "--model", row_model_ctc, "--workers", 2, "--batch-size", 2, "--out", out, *files)
+    assert r.exit_code == 0, r.output
+    rows = records(out)
+    engine = Predictor.from_pretrained(str(row_model_ctc), device="cpu")
+    assert [r_["file"] for r_ in rows] == [str(f.resolve()) for f in files]
+    assert [r_["text"] for r_ in rows] == engine.predict([Image.open(f).convert("RGB") for f in files])
+    assert json.loads((out / "job.json").read_text())["identity"]["decode"] == "auto"

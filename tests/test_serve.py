@@ -211,3 +211,20 @@ def test_load_script_reports_throughput_latency_and_memory(tiny_model, tmp_path,
     summary = json.loads(out.read_text())
     assert summary["errors"] == 0 and summary["requests"] == 24 and summary["requests_per_s"] > 0
     assert summary["p95_s"] >= summary["p50_s"] > 0 and summary["rss_mb_at_end"] > 0
+
+
+def test_the_row_reader_serves_what_its_engine_reads(row_model_ctc, row_pages):
+    """The shipped architecture behind the server: a row reader with a CTC head; its pages' text and fields are the
+    engine's."""
+    from invoice_vlm.data import read_split
+
+    engine = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4)
+    assert engine.unit is not None and engine.ctc_head is not None
+    image = Image.open(read_split(row_pages, "test")[0].image).convert("RGB")
+    with client(engine) as c:
+        r = c.post("/v1/ocr", files={"file": ("p.png", png(image), "image/png")})
+        assert r.status_code == 200, r.text
+        [p] = r.json()["pages"]
+        assert p["text"] == engine.predict([image])[0] != ""
+        r = c.post("/v1/extract", files={"file": ("p.png", png(image), "image/png")})
+        assert r.status_code == 200 and r.json()["pages"][0].keys() >= {"text", "fields", "json_valid"}
