@@ -670,7 +670,7 @@ def demo(
     model: str = typer.Option("invoice-vlm-tiny", help="the model to adapt"),
     n: int = typer.Option(200, help="synthetic invoices of the new style to generate"),
     max_steps: int = typer.Option(90, help="fine-tuning steps (90 of 32 rows: the demo within 5 minutes here)"),
-    learning_rate: float = typer.Option(5e-4, help="fine-tuning learning rate"),
+    learning_rate: float = typer.Option(1e-4, help="fine-tuning learning rate"),
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """The main job: adapt invoice-vlm-tiny to an invoice style it has never seen (a new layout family in a new
