@@ -201,23 +201,27 @@ def test_bench_predict_compares_with_naive_and_checks_the_text(monkeypatch, tiny
     assert all(0 <= r["cer"] for r in rows) and rows[0]["cer"] == rows[1]["cer"]  # the same text, the same CER
 
 
+def rows_read_at_batches(pred, pages, sizes) -> tuple[list, dict[int, list[str]]]:
+    """The rows of two test pages as the engine cuts them, and their texts read at each row batch size."""
+    from invoice_vlm.rows import page_rows
+
+    rows = [r for s in read_split(pages, "test")[:2] for r in page_rows(Image.open(s.image).convert("RGB"), pred.unit)]
+    texts = {}
+    for size in sizes:
+        pred.row_batch_size = size
+        texts[size] = pred.read_rows(rows)
+    return rows, texts
+
+
 def test_ctc_head_reads_rows_in_one_pass_whatever_their_batch(row_model, row_model_ctc, row_pages):
     """A row reader with ctc_head.safetensors reads with the head (no generate call), the same texts at row batches
     of 1, 7 and 1024; ``decode=generate`` uses the decoder; ``decode=ctc`` needs a head."""
     from invoice_vlm.infer import Predictor
-    from invoice_vlm.rows import row_image
 
     pred = Predictor.from_pretrained(str(row_model_ctc), device="cpu", max_new_tokens=4)
     assert pred.ctc_head is not None and pred.ctc_head.frames == 2
     pred.model.generate = None  # the CTC read-out must not generate
-    rows = []
-    for s in read_split(row_pages, "test")[:2]:
-        page = Image.open(s.image).convert("RGB")
-        rows += [np.asarray(row_image(page, box, pred.unit).convert("L")) for box in segment(page)]
-    texts = {}
-    for size in (1, 7, 1024):
-        pred.row_batch_size = size
-        texts[size] = pred.read_rows(rows)
+    rows, texts = rows_read_at_batches(pred, row_pages, (1, 7, 1024))
     assert len(rows) > 20 and sum(len(t) for t in texts[1]) > 2 * len(rows)
     assert texts[7] == texts[1] and texts[1024] == texts[1]
     # the best path by hand: argmax per frame over the row's own columns, repeats collapsed, blanks dropped
@@ -279,16 +283,8 @@ def test_a_rows_text_does_not_depend_on_its_batch(row_pages, decode):
     CTC head and with its decoder."""
     from invoice_vlm.infer import Predictor
     from invoice_vlm.models import EMBEDDED_DIR
-    from invoice_vlm.rows import row_image
 
     pred = Predictor.from_pretrained(str(EMBEDDED_DIR), device="cpu", decode=decode)
-    rows = []
-    for s in read_split(row_pages, "test")[:2]:
-        page = Image.open(s.image).convert("RGB")
-        rows += [np.asarray(row_image(page, box, pred.unit).convert("L")) for box in segment(page)]
-    texts = {}
-    for size in (1, 7, 1024):
-        pred.row_batch_size = size
-        texts[size] = pred.read_rows(rows)
+    rows, texts = rows_read_at_batches(pred, row_pages, (1, 7, 1024))
     assert len(rows) > 20 and sum(len(t) for t in texts[1]) > 10 * len(rows)
     assert texts[7] == texts[1] and texts[1024] == texts[1]
