@@ -13,7 +13,8 @@ A model that reads rows (its config.json records ``reading: {"unit": "row"}``, a
 same interface: each page is cut into rows by ``invoice_vlm.rows.segment`` (pixels only), the rows of all pages in
 a batch are read together, widest first in batches of ``row_batch_size``, and each page's text is its rows
 joined by newlines. A row reader with a CTC head beside its weights (``models.CtcHead``) reads a row in one pass
-of its vision tower and the head, without the decoder (``decode``: ``auto``, ``ctc`` or ``generate``). ``extract`` on such a model gives the fields that the rule-based field reader
+of its vision tower and the head, without the decoder (``decode``: ``auto``, ``ctc`` or ``generate``).
+``extract`` on such a model gives the fields that the rule-based field reader
 (``invoice_vlm.fields.fields_from_text``) finds in that transcription, as the same JSON.
 """
 
@@ -188,7 +189,7 @@ class Predictor:
     @torch.inference_mode()
     def read_rows(self, rows: list[np.ndarray]) -> list[str]:
         """Greedy transcriptions of row images (uint8, the unit's height), widest first in batches."""
-        from ..models import row_batch, row_model_inputs
+        from ..models import row_batch, row_image_tokens, row_model_inputs
 
         tok = self.processor.tokenizer
         order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])
@@ -202,15 +203,16 @@ class Predictor:
                 batch = row_batch([rows[j] for j in chunk], None, tok, self.unit, self.model.config.image_token_index)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 batch["pixel_values"] = batch["pixel_values"].to(dtype)
-                tokens, inputs = row_model_inputs(self.model, batch)
-                t0 = time.perf_counter()
-                if self.ctc_head is not None:
-                    ids = self.ctc_head.read(tokens, batch["image_columns"])
+                if self.ctc_head is not None:  # the tower and the head: the decoder's inputs are not needed
+                    t0 = time.perf_counter()
+                    ids = self.ctc_head.read(row_image_tokens(self.model, batch), batch["image_columns"])
                     self.stats["generate_seconds"] += time.perf_counter() - t0
                     self.stats["batches"] += 1
                     self.stats["new_tokens"] += sum(map(len, ids))
                     out.update(zip(chunk, (t.strip() for t in tok.batch_decode(ids))))
                     continue
+                _, inputs = row_model_inputs(self.model, batch)
+                t0 = time.perf_counter()
                 # a character is at least a sixth of the row's height wide: the longest text a row can hold; each
                 # row keeps to its own budget, so a wider neighbour does not let it run on
                 budgets = [min(self.max_new_tokens, rows[j].shape[1] * 6 // self.unit.height + 8) for j in chunk]

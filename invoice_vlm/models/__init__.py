@@ -43,7 +43,7 @@ from .paligemma import (
 from .rows import (
     CTC_HEAD_FILE, CtcHead, ROW_MARGIN, ROW_SPECIALS, ReadingUnit, RowModelConfig, TRAIN_WIDTH_GRID,
     build_char_tokenizer, build_row_model, build_row_processor, create_row_model, greedy_ctc, reading_unit_of,
-    row_alphabet, row_batch, row_model_inputs,
+    row_alphabet, row_batch, row_image_tokens, row_model_inputs,
 )
 
 __all__ = [  # the package's names: each kind's module, and resolve_model below
@@ -58,7 +58,7 @@ __all__ = [  # the package's names: each kind's module, and resolve_model below
     "build_processor", "build_tokenizer", "create_tiny", "CTC_HEAD_FILE", "CtcHead", "ROW_MARGIN", "ROW_SPECIALS",
     "ReadingUnit", "RowModelConfig", "TRAIN_WIDTH_GRID", "build_char_tokenizer", "build_row_model",
     "build_row_processor", "create_row_model", "greedy_ctc", "reading_unit_of", "row_alphabet", "row_batch",
-    "row_model_inputs", "resolve_model",
+    "row_image_tokens", "row_model_inputs", "resolve_model",
 ]
 
 

@@ -179,18 +179,14 @@ def row_batch(rows: Sequence[np.ndarray], texts: Sequence[str] | None, tokenizer
 TRAIN_WIDTH_GRID = 256
 
 
-def row_model_inputs(model, batch: dict[str, torch.Tensor],
-                     grid: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The decoder's inputs for a batch of rows (``rowdata.row_batch``), such that a row reads the same whatever its
-    batch: the tower sees each row at its own width (rows of one width share a call; a convolution near a row's
-    right edge would otherwise see the white padding of a wider neighbour; training passes ``grid``, see
-    TRAIN_WIDTH_GRID), the image tokens of padded columns are
-    kept out of attention, and positions count only the tokens attended to. Returns the image tokens
-    (batch, cells, hidden; zero where padded: the CTC head reads them) and ``inputs_embeds``, ``attention_mask``,
-    ``position_ids`` (and ``labels`` when the batch has them) for the model's forward or ``generate``."""
-    pixels, ids, columns = batch["pixel_values"], batch["input_ids"], batch["image_columns"]
+def row_image_tokens(model, batch: dict[str, torch.Tensor], grid: int = 0) -> torch.Tensor:
+    """The image tokens of a batch of rows (``row_batch``): (batch, cells, hidden), zero where a row is padded.
+    The tower sees each row at its own width (rows of one width share a call; a convolution near a row's right edge
+    would otherwise see the white padding of a wider neighbour); training passes ``grid``, see TRAIN_WIDTH_GRID.
+    What the CTC head reads, and what row_model_inputs gives the decoder."""
+    pixels, columns = batch["pixel_values"], batch["image_columns"]
     unit = ReadingUnit.from_config(model.config)
-    n, per_col, cols = len(ids), pixels.shape[2] // unit.multiple, pixels.shape[3] // unit.multiple
+    n, per_col, cols = len(pixels), pixels.shape[2] // unit.multiple, pixels.shape[3] // unit.multiple
     hidden = model.config.text_config.hidden_size
     tokens = None
     step = max(1, grid // unit.multiple)  # grid 0: each row at its own width
@@ -204,7 +200,20 @@ def row_model_inputs(model, batch: dict[str, torch.Tensor],
     if grid:  # zero past each row's own columns, as the CTC head expects
         tokens = tokens * (torch.arange(cols, device=tokens.device)[None, :] < columns.to(tokens.device)[:, None])[
             :, None, :, None].to(tokens.dtype)
-    tokens = tokens.view(n, per_col * cols, hidden)
+    return tokens.view(n, per_col * cols, hidden)
+
+
+def row_model_inputs(model, batch: dict[str, torch.Tensor],
+                     grid: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The decoder's inputs for a batch of rows (``row_batch``), such that a row reads the same whatever its batch:
+    its image tokens as ``row_image_tokens`` gives them, those of padded columns kept out of attention, and
+    positions counting only the tokens attended to. Returns the image tokens and ``inputs_embeds``,
+    ``attention_mask``, ``position_ids`` (and ``labels`` when the batch has them) for the model's forward or
+    ``generate``."""
+    ids, columns = batch["input_ids"], batch["image_columns"]
+    tokens = row_image_tokens(model, batch, grid)
+    unit = ReadingUnit.from_config(model.config)
+    per_col, cols = batch["pixel_values"].shape[2] // unit.multiple, batch["pixel_values"].shape[3] // unit.multiple
     is_image = ids.eq(model.config.image_token_id)
     embeds = model.get_input_embeddings()(ids).masked_scatter(is_image[..., None], tokens.to(model.dtype))
     padded = (torch.arange(cols, device=ids.device)[None, :] >= columns.to(ids.device)[:, None]).repeat(1, per_col)

@@ -224,7 +224,7 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
     from transformers import AutoProcessor, FastVlmForConditionalGeneration
 
     from ..models import (CTC_HEAD_FILE, TRAIN_WIDTH_GRID, CtcHead, ReadingUnit, build_char_tokenizer, build_row_model,
-                          build_row_processor, row_batch, row_model_inputs)
+                          build_row_processor, row_batch, row_image_tokens, row_model_inputs)
     from .rowdata import RowSampler, chars_of
 
     run_dir = cfg.run_dir
@@ -325,8 +325,7 @@ def main(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Pa
                     was = {m: m.training for m in model.modules()}
                     model.eval()
                     inputs = row_batch(rows, None, tokenizer, unit, model.config.image_token_index)
-                    image_tokens, _ = row_model_inputs(model, inputs)
-                    ids = head.read(image_tokens, inputs["image_columns"])
+                    ids = head.read(row_image_tokens(model, inputs), inputs["image_columns"])
                     for m, training in was.items():
                         m.training = training
                 point[f"{key}_ctc_cer"] = round(_cer(texts, tokenizer.batch_decode(ids)), 4)
