@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .common import InvoiceVLMError, build_config
+from .common import DECODE_HELP, InvoiceVLMError, build_config
 from .evaluate import EvalConfig
 from .jobs import PredictJobConfig
 from .serve import ServeConfig
@@ -313,7 +313,7 @@ def bench_reader(
     model: str = typer.Option("invoice-vlm-tiny", help="row model folder"),
     dpi: int = typer.Option(200, help="render resolution"),
     limit: int = typer.Option(40, help="first N pages (0: all)"),
-    decode: str = typer.Option("auto", help="auto | ctc (the CTC head) | generate (the decoder)"),
+    decode: str = typer.Option("auto", help=DECODE_HELP),
     out_dir: str = typer.Option("", "--out", help="folder for reader.json"),
 ) -> None:
     """The row reader given perfect rows (cut where the PDF's text layer puts them, padded as the segmenter pads):

@@ -25,6 +25,12 @@ import yaml
 # pages per document that predict reads (--max-pages): a job's shard holds every page of a document at once
 MAX_DOCUMENT_PAGES = 200
 
+# how a row reader with a CTC head reads (infer.Predictor's ``decode``); here so that the configs of eval, serve and
+# jobs name them without importing the engine
+DECODE_MODES = ("auto", "rescore", "ctc", "generate")
+DECODE_HELP = ("a row reader with a CTC head: auto (rescore) | rescore (the head's best readings of a row, the "
+               "decoder choosing) | ctc (the head alone: fastest) | generate (the decoder alone)")
+
 
 class InvoiceVLMError(Exception):
     """A problem with the user's input or environment; the CLI prints it as one line, without a traceback."""

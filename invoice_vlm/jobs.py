@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .common import MAX_DOCUMENT_PAGES, InvoiceVLMError, environment_info, write_json
+from .common import DECODE_HELP, DECODE_MODES, MAX_DOCUMENT_PAGES, InvoiceVLMError, environment_info, write_json
 
 # Logical CPUs held by each rendering task on Ray (it keeps one core busy while it runs): the actors must leave at
 # least this much, or no page is ever rendered and the job waits forever.
@@ -61,7 +61,7 @@ class PredictJobConfig:
     max_new_tokens: int = field(default=512, metadata={"help": "most tokens generated per page"})
     min_new_tokens: int = field(default=0, metadata={"help": "benchmarks only: at least this many tokens a page"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
-    decode: str = field(default="auto", metadata={"help": "a row reader with a CTC head: auto | ctc | generate"})
+    decode: str = field(default="auto", metadata={"help": DECODE_HELP})
     workers: int = field(default=0, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
                                                       "beside the model (0: in its own process)"})
     quantize: str = field(default="", metadata={"help": "int8: dynamic int8 quantisation (CPU)"})
@@ -84,8 +84,6 @@ class PredictJobConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.cpus_per_actor <= 0:
             raise ValueError(f"--cpus-per-actor must be positive, got {self.cpus_per_actor}")
-        from .infer import DECODE_MODES
-
         if self.decode not in DECODE_MODES:
             raise ValueError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if not self.out:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import InvoiceVLMError
+from .common import DECODE_HELP, InvoiceVLMError
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/tiff", "image/webp", "image/bmp", "image/gif"}
 ALLOWED_TYPES = IMAGE_TYPES | {"application/pdf", "application/octet-stream"}
@@ -44,7 +44,7 @@ class ServeConfig:
     dpi: int = field(default=200, metadata={"help": "PDF render resolution"})
     api_key: str | None = field(default=None, metadata={"help": "require this key (X-API-Key or Bearer)"})
     quantize: str | None = field(default=None, metadata={"help": "int8 (CPU)"})
-    decode: str = field(default="auto", metadata={"help": "a row reader with a CTC head: auto | ctc | generate"})
+    decode: str = field(default="auto", metadata={"help": DECODE_HELP})
 
 
 class ApiError(Exception):

@@ -218,8 +218,8 @@ def test_ctc_head_reads_rows_in_one_pass_whatever_their_batch(row_model, row_mod
     of 1, 7 and 1024; ``decode=generate`` uses the decoder; ``decode=ctc`` needs a head."""
     from invoice_vlm.infer import Predictor
 
-    pred = Predictor.from_pretrained(str(row_model_ctc), device="cpu", max_new_tokens=4)
-    assert pred.ctc_head is not None and pred.ctc_head.frames == 2
+    pred = Predictor.from_pretrained(str(row_model_ctc), device="cpu", max_new_tokens=4, decode="ctc")
+    assert pred.ctc_head is not None and pred.ctc_head.frames == 2 and pred.decode == "ctc"
     pred.model.generate = None  # the CTC read-out must not generate
     rows, texts = rows_read_at_batches(pred, row_pages, (1, 7, 1024))
     assert len(rows) > 20 and sum(len(t) for t in texts[1]) > 2 * len(rows)
@@ -275,12 +275,46 @@ def test_predictor_reads_a_page_row_by_row(row_model, row_pages):
         pred.predict([page], "answer en What is the total?")
 
 
+def test_rescore_picks_among_the_heads_readings_by_both_scores_whatever_the_batch(row_model_ctc, row_pages,
+                                                                                   monkeypatch):
+    """``decode`` auto = rescore: each row's text is one of its CTC head's best readings (prefix beam search), the
+    one that RESCORE_CTC_WEIGHT x its CTC log-probability + the rest x the decoder's + a bonus a character makes
+    best; the decoder scores only rows with more than one reading in the margin, never generates, and the texts are
+    the same at row batches 1, 7 and 1024."""
+    import invoice_vlm.models as models
+    from invoice_vlm import infer
+    from invoice_vlm.models import decoder_log_probs, row_image_tokens
+
+    pred = infer.Predictor.from_pretrained(str(row_model_ctc), device="cpu")
+    assert pred.decode == "rescore"
+    pred.model.generate = None
+    scored = []
+    monkeypatch.setattr(models, "decoder_log_probs",
+                        lambda *a, **k: scored.append(len(a[3])) or decoder_log_probs(*a, **k))
+    rows, texts = rows_read_at_batches(pred, row_pages, (1, 7, 1024))
+    assert texts[7] == texts[1] and texts[1024] == texts[1] and sum(scored) > 0
+    tok = pred.processor.tokenizer
+    batch = row_batch(rows[:4], None, tok, pred.unit, pred.model.config.image_token_index)
+    with torch.no_grad():
+        tokens = row_image_tokens(pred.model, batch)
+        nbest = pred.ctc_head.nbest(tokens, batch["image_columns"], infer.RESCORE_BEAM, infer.RESCORE_MARGIN)
+        assert any(len(found) > 1 for found in nbest)  # the random head is unsure: the decoder has to choose
+        for k, found in enumerate(nbest):
+            owner = [0] * len(found)
+            att = decoder_log_probs(pred.model, {n: v[k:k + 1] for n, v in batch.items()}, tokens[k:k + 1],
+                                    [ids for ids, _ in found], owner, tok.eos_token_id, tok.pad_token_id).tolist()
+            total = [infer.RESCORE_CTC_WEIGHT * c + (1 - infer.RESCORE_CTC_WEIGHT) * a
+                     + infer.RESCORE_LENGTH_BONUS * len(ids) for (ids, c), a in zip(found, att)]
+            best = found[max(range(len(found)), key=total.__getitem__)][0]
+            assert tok.decode(best).strip() == texts[1][k]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("decode", ["ctc", "generate"])
+@pytest.mark.parametrize("decode", ["rescore", "ctc", "generate"])
 def test_a_rows_text_does_not_depend_on_its_batch(row_pages, decode):
     """The shipped reader on two pages' rows, read alone, in batches of 7 and all in one batch of 1024: the same
     texts (session 13: short rows padded to a wide neighbour ran on past their text, 3% vs 14% page CER), with its
-    CTC head and with its decoder."""
+    CTC head's readings chosen by the decoder, with the head alone and with the decoder alone."""
     from invoice_vlm.infer import Predictor
     from invoice_vlm.models import EMBEDDED_DIR
 

@@ -109,3 +109,85 @@ def test_a_ctc_head_that_does_not_fit_is_one_line_naming_the_file(row_model, row
     save_file({"bias": torch.zeros(10)}, str(bad / CTC_HEAD_FILE))
     with pytest.raises(InvoiceVLMError, match="not a CTC head"):
         CtcHead.load(bad, model)
+
+
+def test_ctc_nbest_sums_every_path_that_spells_a_reading():
+    """The prefix beam search against brute force: every frame path of a 5-frame, 2-label row, collapsed (repeats
+    merged, blanks dropped), its probability summed per reading; with a wide beam and no pruning the readings and
+    their log-probabilities are exactly those, best first."""
+    import itertools
+    import math
+
+    from invoice_vlm.models import ctc_nbest
+
+    rng = np.random.default_rng(0)
+    lp = torch.from_numpy(rng.normal(size=(5, 3)) * 2).log_softmax(-1).numpy()  # labels 0, 1; blank 2
+    truth: dict[tuple, float] = {}
+    for path in itertools.product(range(3), repeat=5):
+        seq = tuple(c for i, c in enumerate(path) if c != 2 and (i == 0 or c != path[i - 1]))
+        truth[seq] = truth.get(seq, 0.0) + math.exp(sum(lp[t, c] for t, c in enumerate(path)))
+    found = ctc_nbest(lp, blank=2, beam=1000, prune=-math.inf)
+    assert {tuple(ids) for ids, _ in found} == set(truth)
+    for ids, score in found:
+        assert score == pytest.approx(math.log(truth[tuple(ids)]), abs=1e-9)
+    assert [s for _, s in found] == sorted((s for _, s in found), reverse=True)
+    best = max(truth, key=truth.get)
+    assert ctc_nbest(lp, blank=2, beam=3)[0][0] == list(best)  # a narrow beam still finds the best reading here
+
+
+def test_decoder_log_probs_equal_one_forward_per_candidate(row_model):
+    """Candidates scored on a shared KV cache of their row's image prefix (rows of different widths, readings of
+    different lengths) get the log-probability that one forward pass over row + reading + <eos> gives."""
+    from invoice_vlm.models import decoder_log_probs, row_image_tokens, row_model_inputs
+
+    model, processor = load(row_model)
+    tok = processor.tokenizer
+    unit = ReadingUnit.from_config(model.config)
+    rows = [draw_string(random.Random(i), t, unit) for i, t in enumerate(["Total 12.50", "Nr"])]
+    cands = ["Total", "Total 12.50", "T", "Nr 1"]
+    owner = [0, 0, 0, 1]
+    with torch.no_grad():
+        batch = row_batch(rows, None, tok, unit, model.config.image_token_index)
+        got = decoder_log_probs(model, batch, row_image_tokens(model, batch),
+                                [tok(c, add_special_tokens=False)["input_ids"] for c in cands], owner,
+                                tok.eos_token_id, tok.pad_token_id)
+        for c, o, g in zip(cands, owner, got.tolist()):
+            one = row_batch([rows[o]], [c], tok, unit, model.config.image_token_index)
+            _, inputs = row_model_inputs(model, one)
+            labels = inputs.pop("labels")[:, 1:]
+            lp = model(**inputs).logits[:, :-1].float().log_softmax(-1)
+            keep = labels != -100
+            want = float((lp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * keep).sum())
+            assert g == pytest.approx(want, abs=1e-3)
+
+
+def test_the_row_reader_is_a_kind_like_the_page_models(row_model, tiny_model):
+    """models.kind_of: a config with a reading unit gives RowKind (rows, their batch as row_batch builds it, the
+    decoder's inputs on the training width grid, the widest row's budget, no square side); a page model's kind
+    has no unit, hands its batch to the model as it is, and counts its budget by building one."""
+    from invoice_vlm.models import PageKind, RowKind, kind_of, row_model_inputs, TRAIN_WIDTH_GRID
+
+    model, processor = load(row_model)
+    kind = kind_of(processor, model.config)
+    assert isinstance(kind, RowKind) and kind.unit == ReadingUnit.from_config(model.config)
+    assert not isinstance(kind_of(processor), RowKind)  # without the config: the processor's page kind
+    rows = [draw_string(random.Random(i), t, kind.unit) for i, t in enumerate(["Total 12.50", "Nr"])]
+    batch = kind.training_batch(processor, rows, ["ocr", "ocr"], ["Total 12.50", "Nr"])
+    want = row_batch(rows, ["Total 12.50", "Nr"], processor.tokenizer, kind.unit, model.config.image_token_index)
+    assert batch.keys() == want.keys() and all(torch.equal(batch[k], want[k]) for k in want)
+    with torch.no_grad():
+        tokens, inputs = kind.model_inputs(model, batch)
+        ref_tokens, ref_inputs = row_model_inputs(model, batch, TRAIN_WIDTH_GRID)
+    assert torch.equal(tokens, ref_tokens) and torch.equal(inputs["inputs_embeds"], ref_inputs["inputs_embeds"])
+    budget = kind.token_budget(processor, None, "ocr", "Total 12.50")
+    cells = (kind.unit.height // kind.unit.multiple) * (kind.unit.max_width // kind.unit.multiple)
+    assert budget == {"total": cells + 1 + 12, "image": cells, "prompt": 1, "target": 12}
+    assert kind.image_side(processor) == 0
+
+    page_model, page_processor = load(tiny_model)
+    page = kind_of(page_processor, page_model.config)
+    assert isinstance(page, PageKind) and page.unit is None and page.image_side(page_processor) > 0
+    pb = page.training_batch(page_processor, [Image.new("RGB", (64, 64), "white")], ["ocr"], ["Total 12.50"])
+    assert page.model_inputs(page_model, pb) == (None, pb)
+    b = page.token_budget(page_processor, Image.new("RGB", (64, 64), "white"), "ocr", "Total 12.50")
+    assert b["total"] == int(pb["attention_mask"].sum()) and b["target"] == int((pb["labels"] != -100).sum())

@@ -3,8 +3,9 @@
 Naive is what the blog-post notebooks do: one ``model.generate`` per page. The engine batches pages (left
 padding, KV cache, pages sorted by how much text they show). Both decode greedily, so the texts must be identical:
 the benchmark fails if a single page differs. For a model that reads rows (invoice-vlm-tiny), naive is one
-``generate`` per row and the engine batches the rows of its pages and reads them with its CTC head when it has one
-(``engine (decoder)``: the same batches through the decoder); the same-text count is reported, not required.
+``generate`` per row and the engine batches the rows of its pages and reads them, when it has a CTC head, in
+the way it reads by default (its CTC head's readings chosen by the decoder), and again with the head alone and with
+the decoder alone; the same-text count is reported, not required.
 ``--prep-workers N`` adds the engine with its pages prepared by N processes beside the model. Tesseract (``--tesseract``) reads the same pages
 with the same cores (one process per core). Every case's CER against the pages' transcriptions is beside its
 speed. Latency of a page is the time until its text is out: for the naive way its own ``generate``, for the
@@ -17,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+READS = {"rescore": "CTC head + decoder rescoring", "ctc": "CTC head alone", "generate": "decoder alone"}
 
 from ..common import InvoiceVLMError
 
@@ -83,11 +86,13 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
     naive_s = time.perf_counter() - t0
     rows.append({**_row(name, 1, n, naive_s, lat, naive_s), "cer": round(cer(naive, refs), 4)})
 
-    variants = [("engine" + (" (CTC head)" if engine.ctc_head is not None else ""), engine)]
-    if engine.ctc_head is not None:  # the same engine reading with its decoder, token by token
-        variants.append(("engine (decoder)", Predictor(engine.model, engine.processor, batch_size=batch_size,
-                                                       max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                                       decode="generate")))
+    variants = [("engine" + (f" ({READS[engine.decode]})" if engine.ctc_head is not None else ""), engine)]
+    if engine.ctc_head is not None:  # the same engine reading with its head alone, and with its decoder alone
+        for decode in ("ctc", "generate"):
+            variants.append((f"engine ({READS[decode]})",
+                             Predictor(engine.model, engine.processor, batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                       ctc_head=engine.ctc_head, decode=decode)))
     if prep_workers > 1 and engine.unit is not None:  # pages prepared in worker processes beside the model
         variants.append((f"engine, {prep_workers} preparing processes",
                          Predictor(engine.model, engine.processor, batch_size=batch_size, max_new_tokens=max_new_tokens,

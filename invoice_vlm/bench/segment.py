@@ -460,7 +460,7 @@ def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 
                                                [t for t, ok in zip(texts, trusted) if ok]), 4) if any(trusted) else None,
                          "page_cer_text_layer_rows": round(cer([layer], [refs[pid]]), 4),
                          "page_cer_segmenter_rows": round(cer([seg], [refs[pid]]), 4)})
-    report = {"data": data, "model": model, "decode": "ctc" if engine.ctc_head is not None else "generate",
+    report = {"data": data, "model": model, "decode": engine.decode,
               "dpi": dpi, "pages": len(per_page), "rows": len(row_refs),
               "rows_cer": round(cer(row_hyps, row_refs), 4),
               "rows_exact": round(sum(a == b for a, b in zip(row_hyps, row_refs)) / max(1, len(row_refs)), 4),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..common import InvoiceVLMError, environment_info, staged_dir, write_json
+from ..common import DECODE_HELP, DECODE_MODES, InvoiceVLMError, environment_info, staged_dir, write_json
 
 # ------------------------------------------------------------------------------------------ metrics
 
@@ -239,8 +239,7 @@ class EvalConfig:
                                                             "a predict --out folder, instead of running an engine"})
     prompt: str = field(default="", metadata={"help": "model prompt (default: the task's)"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
-    decode: str = field(default="auto", metadata={"help": "a row reader with a CTC head: auto | ctc (the head) | "
-                                                          "generate (the decoder)"})
+    decode: str = field(default="auto", metadata={"help": DECODE_HELP})
     workers: int = field(default=0, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
                                                       "beside the model (0: in its own process)"})
     max_new_tokens: int = field(default=0, metadata={"help": "0: from the longest reference, plus 10%"})
@@ -262,8 +261,6 @@ class EvalConfig:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        from ..infer import DECODE_MODES
-
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.ray and (self.engine != "model" or self.predictions):
@@ -476,7 +473,7 @@ def make_predictor(cfg: EvalConfig, samples: list, info: dict[str, Any]):
     predictor = Predictor(model, processor, max_new_tokens=max_new, batch_size=cfg.batch_size,
                           ctc_head=load_ctc_head(cfg.model, model), decode=cfg.decode, workers=cfg.workers)
     info.update(model=cfg.model, max_new_tokens=max_new,
-                **({"decode": "ctc" if predictor.ctc_head is not None else "generate"} if predictor.unit else {}))
+                **({"decode": predictor.decode} if predictor.unit else {}))
     return predictor
 
 

@@ -13,7 +13,8 @@ A model that reads rows (its config.json records ``reading: {"unit": "row"}``, a
 same interface: each page is cut into rows by ``invoice_vlm.rows.segment`` (pixels only), the rows of all pages in
 a batch are read together, widest first in batches of ``row_batch_size``, and each page's text is its rows
 joined by newlines. A row reader with a CTC head beside its weights (``models.CtcHead``) reads a row in one pass
-of its vision tower and the head, without the decoder (``decode``: ``auto``, ``ctc`` or ``generate``).
+of its vision tower and the head; by default (``decode`` ``auto`` or ``rescore``) the decoder then chooses among
+the head's best readings of a row where the head is unsure (``ctc``: the head alone; ``generate``: the decoder).
 ``extract`` on such a model gives the fields that the rule-based field reader
 (``invoice_vlm.fields.fields_from_text``) finds in that transcription, as the same JSON.
 """
@@ -27,8 +28,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..common import DECODE_MODES
+
 DEFAULT_PROMPT = "ocr"
-DECODE_MODES = ("auto", "ctc", "generate")
+# rescore: each row's RESCORE_BEAM best readings by the CTC head (prefix beam search), those within RESCORE_MARGIN
+# (natural log) of the best, chosen by RESCORE_CTC_WEIGHT x their CTC log-probability + the rest x the decoder's,
+# + RESCORE_LENGTH_BONUS a character (the decoder's log-probability falls with every character it has to explain).
+# WeNet's "attention rescoring"; the figures that chose these: docs/embedded-model.md section 7.
+RESCORE_BEAM, RESCORE_MARGIN, RESCORE_CTC_WEIGHT, RESCORE_LENGTH_BONUS = 8, 3.0, 0.7, 1.0
 
 
 def ink(image: Image.Image) -> float:
@@ -51,17 +58,22 @@ class Predictor:
                  window: int = 4, min_new_tokens: int = 0, row_batch_size: int = 64, ctc_head=None,
                  decode: str = "auto", workers: int = 0):
         from ..common import InvoiceVLMError
-        from ..models import ReadingUnit
+        from ..models import kind_of
 
         self.model = model
-        self.unit = ReadingUnit.from_config(getattr(model, "config", {}))
+        # the model's kind builds its inputs; one with a reading unit (the row reader) reads pages a row at a time
+        self.kind = kind_of(processor, getattr(model, "config", None))
+        self.unit = self.kind.unit
         # a row reader with a CTC head (models.CtcHead) reads rows with it: "auto" and "ctc"; "generate" uses the
         # decoder, token by token
         if decode not in DECODE_MODES:
             raise InvoiceVLMError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-        if decode == "ctc" and ctc_head is None:
-            raise InvoiceVLMError("decode ctc needs a row reader with a CTC head (ctc_head.safetensors beside it)")
+        if decode in ("ctc", "rescore") and ctc_head is None:
+            raise InvoiceVLMError(f"decode {decode} needs a row reader with a CTC head (ctc_head.safetensors beside "
+                                  "it)")
         self.ctc_head = ctc_head if decode != "generate" else None
+        # what a row reader reads with: the head alone, the head's readings chosen by the decoder, or the decoder
+        self.decode = "generate" if self.ctc_head is None else ("ctc" if decode == "ctc" else "rescore")
         # a row reader's pages are prepared (deskew, segment, crop) by this many processes beside the model (0 or 1:
         # in the model's own process); the texts are the same
         self.workers = max(0, workers)
@@ -104,12 +116,12 @@ class Predictor:
     @torch.inference_mode()
     def generate_batch(self, images: Sequence[Image.Image], prompt: str | Sequence[str]) -> list[str]:
         """One forward pass over a batch; rows may have different prompts (the server's micro-batches)."""
-        from ..models import generated_tokens, generation_inputs
+        from ..models import generated_tokens
 
         prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
         if self.unit is not None:
             return self._read_pages(images, prompts)
-        inputs = generation_inputs(self.processor, list(images), prompts).to(self.device)
+        inputs = self.kind.generation_inputs(self.processor, list(images), prompts).to(self.device)
         if "pixel_values" in inputs:
             dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -189,7 +201,7 @@ class Predictor:
     @torch.inference_mode()
     def read_rows(self, rows: list[np.ndarray]) -> list[str]:
         """Greedy transcriptions of row images (uint8, the unit's height), widest first in batches."""
-        from ..models import row_batch, row_image_tokens, row_model_inputs
+        from ..models import row_image_tokens, row_model_inputs
 
         tok = self.processor.tokenizer
         order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])
@@ -200,12 +212,16 @@ class Predictor:
         try:
             for i in range(0, len(order), self.row_batch_size):
                 chunk = order[i:i + self.row_batch_size]
-                batch = row_batch([rows[j] for j in chunk], None, tok, self.unit, self.model.config.image_token_index)
+                batch = self.kind.generation_inputs(self.processor, [rows[j] for j in chunk], [])
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 batch["pixel_values"] = batch["pixel_values"].to(dtype)
                 if self.ctc_head is not None:  # the tower and the head: the decoder's inputs are not needed
                     t0 = time.perf_counter()
-                    ids = self.ctc_head.read(row_image_tokens(self.model, batch), batch["image_columns"])
+                    tokens = row_image_tokens(self.model, batch)
+                    if self.decode == "ctc":
+                        ids = self.ctc_head.read(tokens, batch["image_columns"])
+                    else:
+                        ids = self._rescore(batch, tokens)
                     self.stats["generate_seconds"] += time.perf_counter() - t0
                     self.stats["batches"] += 1
                     self.stats["new_tokens"] += sum(map(len, ids))
@@ -230,6 +246,28 @@ class Predictor:
             if was_training:
                 self.model.train()
         return [out[i] for i in range(len(rows))]
+
+    def _rescore(self, batch: dict[str, torch.Tensor], tokens: torch.Tensor) -> list[list[int]]:
+        """Each row's best readings by the CTC head, chosen with the decoder (RESCORE_*); a row whose head has
+        one reading within the margin keeps it without the decoder."""
+        from ..models import decoder_log_probs
+
+        nbest = self.ctc_head.nbest(tokens, batch["image_columns"], RESCORE_BEAM, RESCORE_MARGIN)
+        need = [k for k, found in enumerate(nbest) if len(found) > 1]
+        if need:
+            tok = self.processor.tokenizer
+            sub = {k: v[need] for k, v in batch.items()}
+            owner = [i for i, k in enumerate(need) for _ in nbest[k]]
+            att = decoder_log_probs(self.model, sub, tokens[need], [ids for k in need for ids, _ in nbest[k]],
+                                    owner, tok.eos_token_id, tok.pad_token_id).tolist()
+            q = 0
+            for k in need:
+                found = nbest[k]
+                scores = [RESCORE_CTC_WEIGHT * ctc + (1 - RESCORE_CTC_WEIGHT) * a + RESCORE_LENGTH_BONUS * len(ids)
+                          for (ids, ctc), a in zip(found, att[q:q + len(found)])]
+                q += len(found)
+                nbest[k] = [found[max(range(len(found)), key=scores.__getitem__)]]
+        return [found[0][0] for found in nbest]
 
     def predict_stream(self, items: Iterable[tuple[Hashable, Image.Image]],
                        prompt: str = DEFAULT_PROMPT) -> Iterator[tuple[Hashable, str]]:

@@ -28,8 +28,8 @@ from .base import (
     TINY_RANDOM_IDEFICS3, TINY_RANDOM_ROWS, check_model_folder, count_parameters, embedded_model, load,
 )
 from .batches import (
-    family, generated_tokens, generation_inputs, image_token_count, image_token_id, normalize_pixels,
-    raw_pixels_supported, training_batch,
+    PageKind, family, generated_tokens, generation_inputs, image_token_count, image_token_id, kind_of,
+    normalize_pixels, raw_pixels_supported, training_batch,
 )
 from .chat import (
     DEEPSEEK_OCR2_CHAT_TEMPLATE, GEMMA3_CHAT_TEMPLATE, GOT_OCR2_CHAT_TEMPLATE, IDEFICS3_CHAT_TEMPLATE,
@@ -41,24 +41,24 @@ from .paligemma import (
     TinyModelConfig, build_model, build_processor, build_tokenizer, create_tiny,
 )
 from .rows import (
-    CTC_HEAD_FILE, CtcHead, ROW_MARGIN, ROW_SPECIALS, ReadingUnit, RowModelConfig, TRAIN_WIDTH_GRID,
-    build_char_tokenizer, build_row_model, build_row_processor, create_row_model, greedy_ctc, reading_unit_of,
-    row_alphabet, row_batch, row_image_tokens, row_model_inputs,
+    CTC_HEAD_FILE, CtcHead, ROW_MARGIN, ROW_SPECIALS, ReadingUnit, RowKind, RowModelConfig, TRAIN_WIDTH_GRID,
+    build_char_tokenizer, build_row_model, build_row_processor, create_row_model, ctc_nbest, decoder_log_probs,
+    greedy_ctc, reading_unit_of, row_alphabet, row_batch, row_image_tokens, row_model_inputs,
 )
 
 __all__ = [  # the package's names: each kind's module, and resolve_model below
     "EMBEDDED", "EMBEDDED_DIR", "JSON_FILES", "PICKLE_SUFFIXES", "SPECIAL_TOKENS", "TINY_RANDOM", "TINY_RANDOM_2",
     "TINY_RANDOM_IDEFICS3", "TINY_RANDOM_ROWS", "check_model_folder", "count_parameters", "embedded_model", "load",
-    "family", "generated_tokens", "generation_inputs", "image_token_count", "image_token_id", "normalize_pixels",
+    "PageKind", "family", "kind_of", "generated_tokens", "generation_inputs", "image_token_count", "image_token_id", "normalize_pixels",
     "raw_pixels_supported", "training_batch", "DEEPSEEK_OCR2_CHAT_TEMPLATE", "GEMMA3_CHAT_TEMPLATE",
     "GOT_OCR2_CHAT_TEMPLATE", "IDEFICS3_CHAT_TEMPLATE", "IDEFICS3_SPECIALS", "PADDLEOCR_VL_CHAT_TEMPLATE",
     "TINY_CHAT_FAMILIES", "TinyChatConfig", "TinyIdefics3Config", "create_tiny_deepseek_ocr2",
     "create_tiny_florence2", "create_tiny_gemma3", "create_tiny_got_ocr2", "create_tiny_granite_docling",
     "create_tiny_idefics3", "create_tiny_lighton_ocr", "create_tiny_paddleocr_vl", "TinyModelConfig", "build_model",
     "build_processor", "build_tokenizer", "create_tiny", "CTC_HEAD_FILE", "CtcHead", "ROW_MARGIN", "ROW_SPECIALS",
-    "ReadingUnit", "RowModelConfig", "TRAIN_WIDTH_GRID", "build_char_tokenizer", "build_row_model",
-    "build_row_processor", "create_row_model", "greedy_ctc", "reading_unit_of", "row_alphabet", "row_batch",
-    "row_image_tokens", "row_model_inputs", "resolve_model",
+    "ReadingUnit", "RowKind", "RowModelConfig", "TRAIN_WIDTH_GRID", "build_char_tokenizer", "build_row_model",
+    "build_row_processor", "create_row_model", "ctc_nbest", "decoder_log_probs", "greedy_ctc", "reading_unit_of",
+    "row_alphabet", "row_batch", "row_image_tokens", "row_model_inputs", "resolve_model",
 ]
 
 

@@ -10,7 +10,7 @@ from .chat import GOT_OCR2_CHAT_TEMPLATE
 
 # ------------------------------------------------------------------------------------------ families
 # How each family turns (image, prompt, target) into model inputs: one kind object each (PaliGemmaKind,
-# Seq2SeqKind, ChatKind below) with the same two methods, training_batch and generation_inputs.
+# Seq2SeqKind, ChatKind below; the row reader's RowKind in models.rows) with the same methods.
 
 
 def family(processor) -> str:
@@ -92,7 +92,35 @@ def normalize_pixels(pixel_values: torch.Tensor, image_processor, dtype=torch.fl
     return x.to(dtype)
 
 
-class PaliGemmaKind:
+class PageKind:
+    """What every page model's kind shares: it reads whole pages (no reading unit), its batches go to the model as
+    they are, and its worst-case batch is counted by building it."""
+
+    name = "page"
+    unit = None  # the row reader's kind (models.rows.RowKind) reads rows of this unit
+    answer_outside_mask = False  # an encoder-decoder's answer is the decoder's input, not in the attention mask
+
+    def model_inputs(self, model, batch: dict[str, torch.Tensor]) -> tuple[None, dict[str, torch.Tensor]]:
+        """(image tokens for a CTC head: none here, the model's forward inputs)."""
+        return None, batch
+
+    def token_budget(self, processor, image, prompt: str, target: str) -> dict[str, int]:
+        """Exact token counts of one (page, prompt, target): total, image, prompt, target (+ end token)."""
+        batch = self.training_batch(processor, [image], [prompt], [target])
+        total = int(batch["attention_mask"].sum())
+        images = image_token_count(processor, batch)  # each family's own image token
+        target_n = int((batch["labels"] != -100).sum())
+        if self.answer_outside_mask:
+            total += target_n
+        return {"total": total, "image": images, "prompt": total - images - target_n, "target": target_n}
+
+    def image_side(self, processor) -> int:
+        """The side of the square the model sees a page at (0 when it does not resize to one)."""
+        size = getattr(processor.image_processor, "size", None) or {}
+        return int(size.get("height") or size.get("shortest_edge") or size.get("longest_edge") or 0)
+
+
+class PaliGemmaKind(PageKind):
     """PaliGemma's processor API: the prompt is a bidirectional prefix (token_type_ids 0), the target a causal
     suffix (1); only the suffix carries loss. Pages may travel as uint8 (``raw_pixels``)."""
 
@@ -128,10 +156,11 @@ class PaliGemmaKind:
             tok.padding_side = old
 
 
-class Seq2SeqKind:
+class Seq2SeqKind(PageKind):
     """An encoder-decoder (Florence-2): image and prompt go to the encoder, the target is the decoder's labels."""
 
     name = "seq2seq"
+    answer_outside_mask = True
 
     def training_batch(self, processor, images: list, prompts: list[str], targets: list[str],
                        raw_pixels: bool = False) -> dict[str, torch.Tensor]:
@@ -141,7 +170,7 @@ class Seq2SeqKind:
         return processor(images=images, text=prompts, padding=True, return_tensors="pt")
 
 
-class ChatKind:
+class ChatKind(PageKind):
     """Every other family (Idefics3, Gemma 3, LightOnOCR, PaddleOCR-VL, ...): its chat template, user turn = image
     + prompt, assistant turn = target; only the answer and its end-of-turn token carry loss."""
 
@@ -155,13 +184,20 @@ class ChatKind:
         return _chat_generation_inputs(processor, images, prompts)
 
 
-# One small interface per page-model kind, chosen by the processor's class (the row reader has its own batches:
-# models.rows.row_batch).
+# One small interface per model kind: training_batch, generation_inputs, model_inputs, token_budget, image_side
+# and the reading unit. A page model's kind follows its processor's class; a model whose config records a reading
+# unit is the row reader (models.rows.RowKind), whatever its processor.
 KINDS = {"PaliGemmaProcessor": PaliGemmaKind(), "Florence2Processor": Seq2SeqKind()}
 CHAT_KIND = ChatKind()
 
 
-def kind_of(processor):
+def kind_of(processor, config=None):
+    """The kind of a (processor, model config) pair; without a config, the page kind of the processor."""
+    from .rows import ReadingUnit, RowKind
+
+    unit = ReadingUnit.from_config(config) if config is not None else None
+    if unit is not None:
+        return RowKind(unit)
     return KINDS.get(type(processor).__name__, CHAT_KIND)
 
 

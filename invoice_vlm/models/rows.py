@@ -3,6 +3,8 @@ batches, the CTC read-out, and the reading unit a config records."""
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -203,15 +205,15 @@ def row_image_tokens(model, batch: dict[str, torch.Tensor], grid: int = 0) -> to
     return tokens.view(n, per_col * cols, hidden)
 
 
-def row_model_inputs(model, batch: dict[str, torch.Tensor],
-                     grid: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def row_model_inputs(model, batch: dict[str, torch.Tensor], grid: int = 0,
+                     tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The decoder's inputs for a batch of rows (``row_batch``), such that a row reads the same whatever its batch:
     its image tokens as ``row_image_tokens`` gives them, those of padded columns kept out of attention, and
     positions counting only the tokens attended to. Returns the image tokens and ``inputs_embeds``,
     ``attention_mask``, ``position_ids`` (and ``labels`` when the batch has them) for the model's forward or
-    ``generate``."""
+    ``generate``. ``tokens``: the batch's image tokens when the caller has them already."""
     ids, columns = batch["input_ids"], batch["image_columns"]
-    tokens = row_image_tokens(model, batch, grid)
+    tokens = row_image_tokens(model, batch, grid) if tokens is None else tokens
     unit = ReadingUnit.from_config(model.config)
     per_col, cols = batch["pixel_values"].shape[2] // unit.multiple, batch["pixel_values"].shape[3] // unit.multiple
     is_image = ids.eq(model.config.image_token_id)
@@ -224,6 +226,48 @@ def row_model_inputs(model, batch: dict[str, torch.Tensor],
     if "labels" in batch:
         out["labels"] = batch["labels"]
     return tokens, out
+
+
+class RowKind:
+    """The row reader's kind, with the page kinds' interface (models.batches): it trains on and reads text rows of
+    its reading unit, which invoice_vlm.rows cuts from pages; a row's prompt is its reading (there is no other)."""
+
+    name = "row"
+    answer_outside_mask = False
+
+    def __init__(self, unit: ReadingUnit):
+        self.unit = unit
+
+    def training_batch(self, processor, images: list, prompts: list[str], targets: list[str],
+                       raw_pixels: bool = False) -> dict[str, torch.Tensor]:
+        """``images``: row crops (uint8 arrays of the unit's height); the batch also holds what a CTC head trains
+        on (``row_batch``)."""
+        return row_batch(images, targets, processor.tokenizer, self.unit, _image_token(processor))
+
+    def generation_inputs(self, processor, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return row_batch(images, None, processor.tokenizer, self.unit, _image_token(processor))
+
+    def model_inputs(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A training step's (image tokens, the decoder's inputs): rows read as at inference, on the width grid
+        (``row_model_inputs``). The tower meets rows a width at a time, too few and too uneven for batch
+        statistics: its BatchNorm layers keep their learned ones."""
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        return row_model_inputs(model, batch, TRAIN_WIDTH_GRID)
+
+    def token_budget(self, processor, image, prompt: str, target: str) -> dict[str, int]:
+        """The worst case of a row: the widest the unit allows (``image`` is not needed), ``target`` + <eos>."""
+        cells = (self.unit.height // self.unit.multiple) * (self.unit.max_width // self.unit.multiple)
+        n = len(processor.tokenizer(target, add_special_tokens=False)["input_ids"]) + 1
+        return {"total": cells + 1 + n, "image": cells, "prompt": 1, "target": n}
+
+    def image_side(self, processor) -> int:
+        return 0  # rows keep their aspect: no square side
+
+
+def _image_token(processor) -> int:
+    return processor.tokenizer.convert_tokens_to_ids("<image>")
 
 
 # ------------------------------------------------------------------------------------------ the CTC read-out
@@ -299,6 +343,18 @@ class CtcHead(torch.nn.Linear):
         return head.to(p.device, p.dtype).eval()
 
 
+    def nbest(self, tokens: torch.Tensor, columns: torch.Tensor, beam: int,
+              margin: float) -> list[list[tuple[list[int], float]]]:
+        """Each row's most likely label sequences (CTC prefix beam search, ``ctc_nbest``), best first, those more
+        than ``margin`` (natural log) below the best left out."""
+        lp = self.logits(tokens).float().log_softmax(-1).cpu().numpy()
+        out = []
+        for row, n in zip(lp, (columns * self.frames).tolist()):
+            found = ctc_nbest(row[:n], self.blank, beam)
+            out.append([(ids, score) for ids, score in found if score >= found[0][1] - margin])
+        return out
+
+
 def greedy_ctc(logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
     """Best path of CTC logits (B, T, V) over each row's first ``lengths`` frames: repeats collapsed, blanks
     dropped."""
@@ -312,6 +368,70 @@ def greedy_ctc(logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[
             prev = t
         out.append(seq)
     return out
+
+
+_NEG = -math.inf
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    return a if b == _NEG else a + math.log1p(math.exp(b - a))
+
+
+def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -9.0) -> list[tuple[list[int], float]]:
+    """CTC prefix beam search over one row's frames (T, labels + blank, log-probabilities): up to ``beam`` label
+    sequences with their log-probability summed over all the paths that spell them, best first. Labels under
+    ``prune`` at a frame are not tried there. A beam of 1 is not the best path: it sums paths."""
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, _NEG)}  # prefix -> (ends in blank, in a label)
+    for row in logprobs:
+        labels = [c for c in np.flatnonzero(row > prune).tolist() if c != blank]
+        nxt: dict[tuple[int, ...], tuple[float, float]] = {}
+
+        def add(prefix, b, nb):
+            if b == nb == _NEG:  # no path spells it (a repeated label needs a blank between)
+                return
+            ob, onb = nxt.get(prefix, (_NEG, _NEG))
+            nxt[prefix] = (_logaddexp(ob, b), _logaddexp(onb, nb))
+
+        for prefix, (pb, pnb) in beams.items():
+            total = _logaddexp(pb, pnb)
+            add(prefix, total + float(row[blank]), _NEG)
+            last = prefix[-1] if prefix else None
+            if last is not None:  # the last label held for another frame
+                add(prefix, _NEG, pnb + float(row[last]))
+            for c in labels:
+                # the same label again counts only after a blank; another label extends from either
+                add(prefix + (c,), _NEG, (pb if c == last else total) + float(row[c]))
+        beams = dict(sorted(nxt.items(), key=lambda kv: -_logaddexp(*kv[1]))[:beam])
+    return [(list(p), _logaddexp(*v)) for p, v in sorted(beams.items(), key=lambda kv: -_logaddexp(*kv[1]))]
+
+
+def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor, candidates: list[list[int]],
+                      owner: list[int], eos: int, pad: int) -> torch.Tensor:
+    """log p(candidate + <eos> | its row) under the decoder, for token sequences each of a row of ``batch``
+    (``owner``: its row's index): each row's image prefix runs once, its KV cache is repeated for the row's
+    candidates, which then run together."""
+    _, inputs = row_model_inputs(model, batch, tokens=tokens)
+    out = model(**inputs, use_cache=True)
+    idx = torch.tensor(owner, device=tokens.device)
+    first = out.logits[:, -1].float().log_softmax(-1)[idx]
+    # transformers 5.25 renamed the forward's past_key_values to cache (the old name warns until 5.40)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache.reorder_cache(idx)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    seqs = [list(c) + [eos] for c in candidates]
+    length = max(map(len, seqs))
+    ids = torch.full((len(seqs), length), pad, device=tokens.device)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    positions = inputs["position_ids"][idx, -1:] + 1 + torch.arange(length, device=ids.device)[None]
+    logits = model(input_ids=ids, attention_mask=torch.cat([inputs["attention_mask"][idx], mask], 1),
+                   position_ids=positions, **{name: cache}).logits.float().log_softmax(-1)
+    rest = logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]
+    return first.gather(1, ids[:, :1])[:, 0] + rest.sum(-1)
 
 
 def create_row_model(out: str | Path, cfg: RowModelConfig | None = None) -> Path:

@@ -11,55 +11,38 @@ from typing import Any
 import torch
 
 from ..common import InvoiceVLMError
-from ..models import training_batch
+from ..models import kind_of
 from .config import TrainConfig
 from .methods import part_of
 from .tasks import Example
 
 
-def token_budget(processor, examples: list[Example]) -> dict[str, int]:
+def token_budget(processor, examples: list[Example], kind=None) -> dict[str, int]:
     """Exact token counts of the worst case: the longest prompt and the longest target on a page of the data
-    (its shape matters to models that cut pages into crops)."""
+    (its shape matters to models that cut pages into crops), as the model's kind (models.kind_of; default: the
+    processor's page kind) builds its batch."""
     from ..data import open_image
-    from ..models import family, image_token_count
 
+    kind = kind or kind_of(processor)
     tok = processor.tokenizer
     long_prompt = max(examples, key=lambda e: len(tok(e.prompt, add_special_tokens=False)["input_ids"])).prompt
     long_target = max(examples, key=lambda e: len(tok(e.target, add_special_tokens=False)["input_ids"])).target
-    batch = training_batch(processor, [open_image(examples[0].image)], [long_prompt], [long_target])
-    total = int(batch["attention_mask"].sum())
-    images = image_token_count(processor, batch)  # each family's own image token
-    target = int((batch["labels"] != -100).sum())  # the target and its end token
-    if family(processor) == "seq2seq":  # an encoder-decoder (Florence-2): the answer is the decoder's, not in the mask
-        total += target
-    return {"total": total, "image": images, "prompt": total - images - target, "target": target}
+    image = open_image(examples[0].image) if kind.unit is None else None  # a row's worst case is the widest row
+    return kind.token_budget(processor, image, long_prompt, long_target)
 
 
-def image_size(processor) -> int:
-    size = getattr(processor.image_processor, "size", None) or {}
-    return int(size.get("height") or size.get("shortest_edge") or size.get("longest_edge") or 0)
-
-
-def row_token_budget(processor, examples: list[Example], unit) -> dict[str, int]:
-    """A row model's worst case: the widest row the unit allows and the longest row target."""
-    tok = processor.tokenizer
-    image = (unit.height // unit.multiple) * (unit.max_width // unit.multiple)
-    target = max(len(tok(e.target, add_special_tokens=False)["input_ids"]) for e in examples) + 1
-    return {"total": image + 1 + target, "image": image, "prompt": 1, "target": target}
-
-
-def check(cfg: TrainConfig, model, processor, examples: list[Example], unit=None) -> dict[str, Any]:
-    """Returns the figures (written to run.json); raises on what must not run; lists warnings. ``unit``: the
-    model reads rows (its examples are rows of pages)."""
+def check(cfg: TrainConfig, model, processor, examples: list[Example]) -> dict[str, Any]:
+    """Returns the figures (written to run.json); raises on what must not run; lists warnings."""
     sft = cfg.sft_settings()
     warnings: list[str] = []
-    budget = row_token_budget(processor, examples, unit) if unit is not None else token_budget(processor, examples)
+    kind = kind_of(processor, getattr(model, "config", None))
+    budget = token_budget(processor, examples, kind)
     if cfg.max_length and budget["total"] > cfg.max_length:
         raise InvoiceVLMError(
             f"{cfg.data}: the longest sample needs {budget['total']} tokens ({budget['image']} image + "
             f"{budget['prompt']} prompt + {budget['target']} target) but max_length is {cfg.max_length}; raise "
             "max_length (or set it to 0 to size it from the data) rather than truncating image tokens or targets")
-    side = image_size(processor) if unit is None else 0
+    side = kind.image_side(processor)
     if side and side < 448:
         warnings.append(f"{side} px input: an A4 page's small text is 2-3 px tall at 224 px; PaliGemma's 448 and "
                         "896 px checkpoints are the ones for documents (DocVQA ANLS 43.7 / 78.0 / 84.8)")

@@ -49,6 +49,10 @@ class InvoiceTrainer(SFTTrainer):
         self._ctc_losses: list[float] = []
         super().__init__(*args, **kwargs)
         self.generation_eval = generation_eval
+        from ..models import kind_of
+
+        unwrapped = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.kind = kind_of(self.processing_class, getattr(unwrapped, "config", None))
 
     def create_optimizer(self, *args, **kwargs):
         opt = super().create_optimizer(*args, **kwargs)
@@ -87,19 +91,16 @@ class InvoiceTrainer(SFTTrainer):
         from transformers import Trainer
 
         ctc = None
-        if "image_columns" in inputs:  # a row reader: rows read as at inference (models.row_model_inputs)
-            from ..models import TRAIN_WIDTH_GRID, row_model_inputs
-
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            for m in base.modules():  # the tower meets rows a width at a time: keep its learned statistics
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.eval()
-            tokens, rows_in = row_model_inputs(self.accelerator.unwrap_model(base), inputs, TRAIN_WIDTH_GRID)
-            if self.ctc_head is not None and self.ctc_weight:
-                self.ctc_head.to(tokens.device)
-                ctc = self.ctc_head.loss(tokens, inputs["image_columns"].to(tokens.device),
-                                         inputs["ctc_targets"].to(tokens.device), inputs["ctc_lengths"].to(tokens.device))
-            inputs = rows_in
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = self.accelerator.unwrap_model(base)
+        # the model's kind turns the collated batch into its forward's inputs (the row reader: rows read as at
+        # inference, models.RowKind.model_inputs) and gives the image tokens a CTC head reads
+        tokens, model_in = self.kind.model_inputs(base, inputs)
+        if tokens is not None and self.ctc_head is not None and self.ctc_weight:
+            self.ctc_head.to(tokens.device)
+            ctc = self.ctc_head.loss(tokens, inputs["image_columns"].to(tokens.device),
+                                     inputs["ctc_targets"].to(tokens.device), inputs["ctc_lengths"].to(tokens.device))
+        inputs = model_in
         labels = inputs.get("labels")
         if (self.logits_where_labelled and labels is not None and self.label_smoother is None
                 and self.compute_loss_func is None and _accepts_logits_to_keep(model)):
@@ -331,7 +332,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
     from ..data import read_split
     from ..evaluate import max_new_tokens_for
-    from ..models import load, raw_pixels_supported, reading_unit_of, resolve_model
+    from ..models import kind_of, load, raw_pixels_supported, reading_unit_of, resolve_model
 
     run_dir = cfg.run_dir
     if not cfg.data:
@@ -353,7 +354,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     samples = read_split(cfg.data, cfg.train_split)
     base = resolve_model(cfg.model, run_dir, cfg.tiny)
     unit = reading_unit_of(base)
-    if unit is not None:  # a row reader trains on the rows of the pages, cut as at inference
+    if unit is not None:  # a row reader (models.RowKind) trains on the rows of the pages, cut as at inference
         examples, skipped = row_examples(samples, cfg.prompt, cfg.repeat)
         for line in skipped:
             print(f"warning: skipped page {line}")
@@ -392,7 +393,7 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
             head = head.float().train()
     model, params = methods.apply(cfg, model)
     model.train()
-    checks = preflight.check(cfg, model, processor, examples, unit)
+    checks = preflight.check(cfg, model, processor, examples)
 
     # Record what the run is before it starts
     tasks_used: dict[str, int] = {}
@@ -421,8 +422,9 @@ def main(cfg: TrainConfig, callbacks: list | None = None) -> Path:
         cbs.append(TimeBudget(cfg.time_budget, run_dir))
     cbs += callbacks or []
     train_ds = to_dataset(examples)
-    collator = Collator(processor, raw_pixels=cfg.raw_pixels and raw_pixels_supported(processor) and unit is None,
-                        unit=unit, image_token_id=getattr(model.config, "image_token_index", None))
+    kind = kind_of(processor, getattr(model, "config", None))
+    collator = Collator(processor, raw_pixels=cfg.raw_pixels and kind.unit is None and raw_pixels_supported(processor),
+                        kind=kind)
     trainer = InvoiceTrainer(model=model, args=_sft_args(cfg, run_dir), train_dataset=train_ds,
                              eval_dataset=train_ds.select(range(1)) if cfg.eval.steps else None,
                              processing_class=processor, data_collator=collator, callbacks=cbs,
