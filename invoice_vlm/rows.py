@@ -25,7 +25,7 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
 
 
 # Bumped whenever segment() cuts rows differently: cached training rows (pretraining's row banks) are keyed by it.
-SEGMENTER_VERSION = 4
+SEGMENTER_VERSION = 5
 
 
 # Pixel operations: OpenCV where it is installed (a dependency; 5-10x faster than scipy.ndimage on a page), and
@@ -291,23 +291,66 @@ def segment(image: Image.Image) -> list[Box]:
     inks = [int(text[a:b].sum()) for a, b in bands]
     solid = [b - a for (a, b), ink in zip(bands, inks) if ink >= 2 * (b - a) ** 2] or [b - a for a, b in bands]
     typical = float(np.median(solid))
-    # Fragments of a row (an i's dot, an accent, a comma's tail) sit within half a row of a taller band: join them.
+    merged = _join_fragments(bands, typical)
+    boxes = []
+    width = text.shape[1]
+    for top, bottom in (part for band in merged for part in _split_band(profile, band, typical)):
+        for left, top, right, bottom in _columns(text, top, bottom, typical) or [(0, top, width, bottom)]:
+            height = bottom - top
+            ink = int(text[top:bottom, left:right].sum())
+            if height < 0.5 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
+                continue
+            left, right = _ink_span(text[top:bottom, left:right], height, left)
+            boxes.append(_padded(left, top, right, bottom, gray.shape))
+    return boxes
+
+
+def _join_fragments(bands: list[list[int]], typical: float) -> list[list[int]]:
+    """Fragments of a row (an i's dot, an accent, a comma's tail) sit within half a row of a taller band: join
+    them."""
     merged: list[list[int]] = []
     for band in bands:
         small = band[1] - band[0] < 0.4 * typical
         if merged and (small or merged[-1][1] - merged[-1][0] < 0.4 * typical) and band[0] - merged[-1][1] <= 0.35 * typical:
             merged[-1][1] = band[1]
         else:
-            merged.append(band)
-    boxes = []
-    for top, bottom in (part for band in merged for part in _split_band(profile, band, typical)):
-        height = bottom - top
-        ink = int(text[top:bottom].sum())
-        if height < 0.5 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
-            continue
-        left, right = _ink_span(text[top:bottom], height)
-        boxes.append(_padded(left, top, right, bottom, gray.shape))
-    return boxes
+            merged.append(list(band))
+    return merged
+
+
+def _columns(text: np.ndarray, top: int, bottom: int, typical: float) -> list[Box] | None:
+    """A band still taller than 1.5 rows after _split_band may be side-by-side blocks whose lines interleave (an
+    account number in large type beside a summary's two lines, an address beside a totals box): no pixel row is
+    empty across the page, and no thin one either, so the page's profile cannot part them. Such a band is cut at
+    its gutters (empty columns at least two rows wide) and each block into lines by its own profile. Lines of the
+    blocks whose middles lie within half a row are one row again (a table's cells, as the reader learned rows).
+    Boxes (left, top, right, bottom), top to bottom; None when the band is not tall, has no gutter, or no block
+    holds two lines (a line of large type, or one with a gap: it stays whole)."""
+    if bottom - top <= 1.5 * typical:
+        return None
+    band = text[top:bottom]
+    cols = np.flatnonzero(band.any(axis=0))
+    gaps = np.flatnonzero(np.diff(cols) > 2 * typical)
+    if len(gaps) == 0:
+        return None
+    edges = [int(cols[0])] + [v for g in gaps for v in (int(cols[g]) + 1, int(cols[g + 1]))] + [int(cols[-1]) + 1]
+    parts: list[Box] = []
+    lines = 0
+    for left, right in zip(edges[::2], edges[1::2]):
+        sub = band[:, left:right].sum(axis=1)
+        found = [b for piece in _join_fragments(_bands(sub), typical) for b in _split_band(sub, piece, typical)]
+        lines = max(lines, len(found))
+        parts += [(left, top + a, right, top + b) for a, b in found]
+    if lines < 2:
+        return None
+    parts.sort(key=lambda p: (p[1] + p[3]) / 2)
+    rows: list[list[Box]] = []
+    for p in parts:
+        if rows and abs((p[1] + p[3]) / 2 - (rows[-1][0][1] + rows[-1][0][3]) / 2) <= 0.5 * typical:
+            rows[-1].append(p)
+        else:
+            rows.append([p])
+    return [(min(p[0] for p in r), min(p[1] for p in r), max(p[2] for p in r), max(p[3] for p in r)) for r in rows]
 
 
 def _split_band(profile: np.ndarray, band: Sequence[int], typical: float) -> list[list[int]]:
@@ -334,7 +377,7 @@ def _split_band(profile: np.ndarray, band: Sequence[int], typical: float) -> lis
     return _split_band(profile, [top, cut], typical) + _split_band(profile, [cut + 1, bottom], typical)
 
 
-def _ink_span(band: np.ndarray, height: int) -> tuple[int, int]:
+def _ink_span(band: np.ndarray, height: int, offset: int = 0) -> tuple[int, int]:
     """Left and right edge of a row's ink, leaving out specks at either end: a cluster of ink (columns closer than
     two row heights) at an end is dropped if it holds less ink than a fifth of a glyph and stands less than half
     the row high (a lone "1" or "-" at the end of a row is kept)."""
@@ -354,7 +397,7 @@ def _ink_span(band: np.ndarray, height: int) -> tuple[int, int]:
         clusters.pop(0)
     while len(clusters) > 1 and speck(clusters[-1]):
         clusters.pop()
-    return clusters[0][0], clusters[-1][1]
+    return offset + clusters[0][0], offset + clusters[-1][1]
 
 
 def _padded(left: int, top: int, right: int, bottom: int, shape: tuple[int, ...]) -> Box:
