@@ -383,9 +383,16 @@ def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -9.0) 
     """CTC prefix beam search over one row's frames (T, labels + blank, log-probabilities): up to ``beam`` label
     sequences with their log-probability summed over all the paths that spell them, best first. Labels under
     ``prune`` at a frame are not tried there. A beam of 1 is not the best path: it sums paths."""
+    tried = logprobs > prune
+    tried[:, blank] = False
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, _NEG)}  # prefix -> (ends in blank, in a label)
-    for row in logprobs:
-        labels = [c for c in np.flatnonzero(row > prune).tolist() if c != blank]
+    # Python floats and lists: the search is scalar work, and numpy scalars cost several times more per operation
+    for row, labels in zip(logprobs.tolist(), (np.flatnonzero(t).tolist() for t in tried)):
+        p_blank = row[blank]
+        if not labels:  # only the blank, or the last label held: no new reading, the beam keeps its size
+            beams = {p: (_logaddexp(pb, pnb) + p_blank, pnb + row[p[-1]] if p else _NEG)
+                     for p, (pb, pnb) in beams.items()}
+            continue
         nxt: dict[tuple[int, ...], tuple[float, float]] = {}
 
         def add(prefix, b, nb):
@@ -396,14 +403,15 @@ def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -9.0) 
 
         for prefix, (pb, pnb) in beams.items():
             total = _logaddexp(pb, pnb)
-            add(prefix, total + float(row[blank]), _NEG)
+            add(prefix, total + p_blank, _NEG)
             last = prefix[-1] if prefix else None
             if last is not None:  # the last label held for another frame
-                add(prefix, _NEG, pnb + float(row[last]))
+                add(prefix, _NEG, pnb + row[last])
             for c in labels:
                 # the same label again counts only after a blank; another label extends from either
-                add(prefix + (c,), _NEG, (pb if c == last else total) + float(row[c]))
-        beams = dict(sorted(nxt.items(), key=lambda kv: -_logaddexp(*kv[1]))[:beam])
+                add(prefix + (c,), _NEG, (pb if c == last else total) + row[c])
+        scored = sorted(((_logaddexp(*v), p) for p, v in nxt.items()), key=lambda sp: -sp[0])[:beam]
+        beams = {p: nxt[p] for _, p in scored}
     return [(list(p), _logaddexp(*v)) for p, v in sorted(beams.items(), key=lambda kv: -_logaddexp(*kv[1]))]
 
 

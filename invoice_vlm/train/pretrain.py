@@ -41,7 +41,8 @@ CKPT = "checkpoint-"
 
 @dataclass
 class PretrainConfig:
-    name: str = "invoice-vlm-tiny"
+    name: str = field(default="invoice-vlm-tiny", metadata={"help": "run name: the run is written to "
+                                                                     "<output_dir>/<name>"})
     output_dir: str = "runs"
     data: list[str] = field(default_factory=lambda: ["data/pretrain"],
                             metadata={"help": "synthetic dataset folders (clean renders: their records hold row extents)"})
@@ -52,7 +53,7 @@ class PretrainConfig:
                                                      "ones; the schedule starts afresh"})
     seed: int = 0
     batch_size: int = 32
-    max_steps: int = 20000
+    max_steps: int = field(default=20000, metadata={"help": "steps the schedule is planned over"})
     learning_rate: float = 1e-3
     min_lr_ratio: float = 0.05  # cosine decay to this share of the peak
     warmup_steps: int = 200
@@ -73,7 +74,8 @@ class PretrainConfig:
     eval_steps: int = 500
     eval_rows: int = 128
     log_steps: int = 25
-    time_budget: float = 0.0  # seconds for this invocation (0: none); it ends with a checkpoint
+    time_budget: float = field(default=0.0, metadata={"help": "seconds for this invocation (0: none); it ends "
+                                                              "with a checkpoint"})
     threads: int = 0  # torch threads (0: all cores)
     workers: int = 2  # processes that cut the pages into rows (once per dataset, cached in the run folder)
     pdf_banks: list[str] = field(default_factory=list, metadata={
