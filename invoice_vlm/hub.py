@@ -195,7 +195,8 @@ print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_token
 
 # Appended to USAGE_ROWS when the export ships a CTC head (models.CtcHead): what the engine does with it.
 USAGE_CTC = '''
-# the CTC head beside the weights reads the same row in one pass; invoice-vlm's engine reads with it
+# the CTC head beside the weights reads the same row in one pass (invoice-vlm --decode ctc; by default the engine
+# also lets the decoder choose among the head's best readings)
 import os
 import torch
 from huggingface_hub import hf_hub_download

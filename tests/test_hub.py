@@ -271,7 +271,7 @@ def test_cli_push_errors(tmp_path, tiny_model):
 
 def test_row_model_card_snippet_runs_with_plain_transformers(row_model_ctc, tmp_path):
     """The exported card's snippet reads a row image in a fresh process that never imports invoice_vlm: with the
-    decoder, then with the CTC head, each as the engine does."""
+    decoder, then with the CTC head, as the engine does with each alone (``--decode generate``, ``--decode ctc``)."""
     import subprocess
     import sys
 
@@ -295,7 +295,7 @@ def test_row_model_card_snippet_runs_with_plain_transformers(row_model_ctc, tmp_
     from invoice_vlm.infer import Predictor
     from invoice_vlm.rows import row_image
 
-    engine = Predictor.from_pretrained(str(out), device="cpu", dtype="bfloat16", max_new_tokens=4)
+    engine = Predictor.from_pretrained(str(out), device="cpu", dtype="bfloat16", max_new_tokens=4, decode="ctc")
     decoder = Predictor.from_pretrained(str(out), device="cpu", dtype="bfloat16", max_new_tokens=4, decode="generate")
     crop = np.asarray(row_image(row, (0, 0, row.width, row.height), engine.unit).convert("L"))
     pixels = row_batch([crop], None, engine.processor.tokenizer, engine.unit, 0)["pixel_values"][0, 0]

@@ -3,6 +3,7 @@ batches, the CTC read-out, and the reading unit a config records."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from dataclasses import asdict, dataclass, field
@@ -415,31 +416,68 @@ def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -9.0) 
     return [(list(p), _logaddexp(*v)) for p, v in sorted(beams.items(), key=lambda kv: -_logaddexp(*kv[1]))]
 
 
+_RESCORE_GROUP = 48  # remainders a forward pass
+
+
 def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor, candidates: list[list[int]],
                       owner: list[int], eos: int, pad: int) -> torch.Tensor:
-    """log p(candidate + <eos> | its row) under the decoder, for token sequences each of a row of ``batch``
-    (``owner``: its row's index): each row's image prefix runs once, its KV cache is repeated for the row's
-    candidates, which then run together."""
-    _, inputs = row_model_inputs(model, batch, tokens=tokens)
+    """log p(candidate + <eos> | its row) under the decoder, for token sequences each of a row of ``batch`` (a
+    ``row_batch`` without texts; ``owner``: each candidate's row). A row's image prefix and the first tokens all its
+    candidates share run once; its KV cache is repeated for the candidates' remainders, which run in groups of
+    similar length."""
+    dev = tokens.device
+    n, head = batch["input_ids"].shape
+    seqs = [list(c) + [eos] for c in candidates]
+    members: list[list[int]] = [[] for _ in range(n)]
+    for i, o in enumerate(owner):
+        members[o].append(i)
+    common = [0] * n  # tokens every candidate of the row starts with (each keeps one of its own at least)
+    for r, m in enumerate(members):
+        if m:
+            first = seqs[m[0]]
+            k = min(len(seqs[i]) for i in m) - 1
+            common[r] = next((t for t in range(k) if any(seqs[i][t] != first[t] for i in m)), k)
+    width = max(common)
+    ids = torch.cat([batch["input_ids"], torch.full((n, width), pad, dtype=batch["input_ids"].dtype)], 1)
+    mask = torch.cat([batch["attention_mask"], torch.zeros((n, width), dtype=batch["attention_mask"].dtype)], 1)
+    for r, m in enumerate(members):
+        if common[r]:
+            ids[r, head:head + common[r]] = torch.tensor(seqs[m[0]][:common[r]])
+            mask[r, head:head + common[r]] = 1
+    _, inputs = row_model_inputs(model, {**batch, "input_ids": ids.to(dev), "attention_mask": mask.to(dev)},
+                                 tokens=tokens)
     out = model(**inputs, use_cache=True)
-    idx = torch.tensor(owner, device=tokens.device)
-    first = out.logits[:, -1].float().log_softmax(-1)[idx]
+    lp = out.logits.float().log_softmax(-1)
+    ids = ids.to(dev)
+    shared = torch.stack([lp[r, head - 1:head - 1 + common[r]].gather(-1, ids[r, head:head + common[r], None]).sum()
+                          for r in range(n)])
+    tails = [s[common[o]:] for s, o in zip(seqs, owner)]
+    idx = torch.tensor(owner, device=dev)
+    start = lp[idx, head - 1 + torch.tensor([common[o] for o in owner], device=dev)]
+    first = start.gather(1, torch.tensor([[t[0]] for t in tails], device=dev))[:, 0]
     # transformers 5.25 renamed the forward's past_key_values to cache (the old name warns until 5.40)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    cache.reorder_cache(idx)
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    seqs = [list(c) + [eos] for c in candidates]
-    length = max(map(len, seqs))
-    ids = torch.full((len(seqs), length), pad, device=tokens.device)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    positions = inputs["position_ids"][idx, -1:] + 1 + torch.arange(length, device=ids.device)[None]
-    logits = model(input_ids=ids, attention_mask=torch.cat([inputs["attention_mask"][idx], mask], 1),
-                   position_ids=positions, **{name: cache}).logits.float().log_softmax(-1)
-    rest = logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]
-    return first.gather(1, ids[:, :1])[:, 0] + rest.sum(-1)
+    rest = torch.zeros(len(tails), device=dev)
+    # the remainders run in groups of similar length (padded to one length, a batch of them was mostly padding),
+    # each on its own copy of its rows' caches
+    order = sorted(range(len(tails)), key=lambda i: len(tails[i]))
+    groups = [order[g:g + _RESCORE_GROUP] for g in range(0, len(order), _RESCORE_GROUP)]
+    for k, group in enumerate(groups):
+        sel = idx[group]
+        past = cache if k == len(groups) - 1 else copy.deepcopy(cache)
+        past.reorder_cache(sel)
+        length = max(len(tails[i]) for i in group)
+        cand = torch.full((len(group), length), pad, device=dev)
+        cmask = torch.zeros_like(cand)
+        for row, i in enumerate(group):
+            cand[row, :len(tails[i])] = torch.tensor(tails[i])
+            cmask[row, :len(tails[i])] = 1
+        positions = inputs["attention_mask"][sel].sum(-1, keepdim=True) + torch.arange(length, device=dev)[None]
+        logits = model(input_ids=cand, attention_mask=torch.cat([inputs["attention_mask"][sel], cmask], 1),
+                       position_ids=positions, **{name: past}).logits.float().log_softmax(-1)
+        rest[group] = (logits[:, :-1].gather(-1, cand[:, 1:, None])[..., 0] * cmask[:, 1:]).sum(-1)
+    return shared[idx] + first + rest
 
 
 def create_row_model(out: str | Path, cfg: RowModelConfig | None = None) -> Path:
