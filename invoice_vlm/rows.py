@@ -294,8 +294,9 @@ def segment(image: Image.Image) -> list[Box]:
     merged = _join_fragments(bands, typical)
     boxes = []
     width = text.shape[1]
-    for top, bottom in (part for band in merged for part in _split_band(profile, band, typical)):
-        for left, top, right, bottom in _columns(text, top, bottom, typical) or [(0, top, width, bottom)]:
+    for band_top, band_bottom in (part for band in merged for part in _split_band(profile, band, typical)):
+        for left, top, right, bottom in (_columns(text, band_top, band_bottom, typical)
+                                         or [(0, band_top, width, band_bottom)]):
             height = bottom - top
             ink = int(text[top:bottom, left:right].sum())
             if height < 0.5 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
@@ -311,7 +312,8 @@ def _join_fragments(bands: list[list[int]], typical: float) -> list[list[int]]:
     merged: list[list[int]] = []
     for band in bands:
         small = band[1] - band[0] < 0.4 * typical
-        if merged and (small or merged[-1][1] - merged[-1][0] < 0.4 * typical) and band[0] - merged[-1][1] <= 0.35 * typical:
+        if (merged and (small or merged[-1][1] - merged[-1][0] < 0.4 * typical)
+                and band[0] - merged[-1][1] <= 0.35 * typical):
             merged[-1][1] = band[1]
         else:
             merged.append(list(band))

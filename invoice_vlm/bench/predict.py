@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-READS = {"rescore": "CTC head + decoder rescoring", "ctc": "CTC head alone", "generate": "decoder alone"}
-
 from ..common import InvoiceVLMError
+
+# how a row reader with a CTC head reads, as the report names it (infer.Predictor's ``decode``)
+READS = {"rescore": "CTC head + decoder rescoring", "ctc": "CTC head alone", "generate": "decoder alone"}
 
 
 def bench_pages(n: int, dpi: int = 100, seed: int = 7, with_text: bool = False) -> list:

@@ -64,8 +64,8 @@ class Predictor:
         # the model's kind builds its inputs; one with a reading unit (the row reader) reads pages a row at a time
         self.kind = kind_of(processor, getattr(model, "config", None))
         self.unit = self.kind.unit
-        # a row reader with a CTC head (models.CtcHead) reads rows with it: "auto" and "ctc"; "generate" uses the
-        # decoder, token by token
+        # a row reader with a CTC head (models.CtcHead): "auto" and "rescore" read with the head's best readings, the
+        # decoder choosing; "ctc" with the head alone; "generate" with the decoder alone, token by token
         if decode not in DECODE_MODES:
             raise InvoiceVLMError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
         if decode in ("ctc", "rescore") and ctc_head is None:
@@ -200,7 +200,8 @@ class Predictor:
 
     @torch.inference_mode()
     def read_rows(self, rows: list[np.ndarray]) -> list[str]:
-        """Greedy transcriptions of row images (uint8, the unit's height), widest first in batches."""
+        """Transcriptions of row images (uint8, the unit's height), widest first in batches, read as ``decode``
+        says."""
         from ..models import row_image_tokens, row_model_inputs
 
         tok = self.processor.tokenizer

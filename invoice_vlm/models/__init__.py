@@ -49,8 +49,8 @@ from .rows import (
 __all__ = [  # the package's names: each kind's module, and resolve_model below
     "EMBEDDED", "EMBEDDED_DIR", "JSON_FILES", "PICKLE_SUFFIXES", "SPECIAL_TOKENS", "TINY_RANDOM", "TINY_RANDOM_2",
     "TINY_RANDOM_IDEFICS3", "TINY_RANDOM_ROWS", "check_model_folder", "count_parameters", "embedded_model", "load",
-    "PageKind", "family", "kind_of", "generated_tokens", "generation_inputs", "image_token_count", "image_token_id", "normalize_pixels",
-    "raw_pixels_supported", "training_batch", "DEEPSEEK_OCR2_CHAT_TEMPLATE", "GEMMA3_CHAT_TEMPLATE",
+    "PageKind", "family", "kind_of", "generated_tokens", "generation_inputs", "image_token_count", "image_token_id",
+    "normalize_pixels", "raw_pixels_supported", "training_batch", "DEEPSEEK_OCR2_CHAT_TEMPLATE", "GEMMA3_CHAT_TEMPLATE",
     "GOT_OCR2_CHAT_TEMPLATE", "IDEFICS3_CHAT_TEMPLATE", "IDEFICS3_SPECIALS", "PADDLEOCR_VL_CHAT_TEMPLATE",
     "TINY_CHAT_FAMILIES", "TinyChatConfig", "TinyIdefics3Config", "create_tiny_deepseek_ocr2",
     "create_tiny_florence2", "create_tiny_gemma3", "create_tiny_got_ocr2", "create_tiny_granite_docling",

@@ -15,6 +15,7 @@ import torch
 
 from ..common import InvoiceVLMError
 from .base import EMBEDDED, _ALPHABET_LINE, embedded_model
+from .batches import image_token_id
 
 
 # ------------------------------------------------------------------------------------------ row reader
@@ -234,7 +235,6 @@ class RowKind:
     its reading unit, which invoice_vlm.rows cuts from pages; a row's prompt is its reading (there is no other)."""
 
     name = "row"
-    answer_outside_mask = False
 
     def __init__(self, unit: ReadingUnit):
         self.unit = unit
@@ -243,10 +243,10 @@ class RowKind:
                        raw_pixels: bool = False) -> dict[str, torch.Tensor]:
         """``images``: row crops (uint8 arrays of the unit's height); the batch also holds what a CTC head trains
         on (``row_batch``)."""
-        return row_batch(images, targets, processor.tokenizer, self.unit, _image_token(processor))
+        return row_batch(images, targets, processor.tokenizer, self.unit, image_token_id(processor))
 
     def generation_inputs(self, processor, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
-        return row_batch(images, None, processor.tokenizer, self.unit, _image_token(processor))
+        return row_batch(images, None, processor.tokenizer, self.unit, image_token_id(processor))
 
     def model_inputs(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A training step's (image tokens, the decoder's inputs): rows read as at inference, on the width grid
@@ -258,17 +258,14 @@ class RowKind:
         return row_model_inputs(model, batch, TRAIN_WIDTH_GRID)
 
     def token_budget(self, processor, image, prompt: str, target: str) -> dict[str, int]:
-        """The worst case of a row: the widest the unit allows (``image`` is not needed), ``target`` + <eos>."""
+        """The worst case of a row: the widest the unit allows (``image``, a page, does not change it), ``target``
+        + <eos>."""
         cells = (self.unit.height // self.unit.multiple) * (self.unit.max_width // self.unit.multiple)
         n = len(processor.tokenizer(target, add_special_tokens=False)["input_ids"]) + 1
         return {"total": cells + 1 + n, "image": cells, "prompt": 1, "target": n}
 
     def image_side(self, processor) -> int:
         return 0  # rows keep their aspect: no square side
-
-
-def _image_token(processor) -> int:
-    return processor.tokenizer.convert_tokens_to_ids("<image>")
 
 
 # ------------------------------------------------------------------------------------------ the CTC read-out
@@ -342,7 +339,6 @@ class CtcHead(torch.nn.Linear):
         head.load_state_dict(weights)
         p = next(model.parameters())
         return head.to(p.device, p.dtype).eval()
-
 
     def nbest(self, tokens: torch.Tensor, columns: torch.Tensor, beam: int,
               margin: float) -> list[list[tuple[list[int], float]]]:
@@ -434,9 +430,9 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
     common = [0] * n  # tokens every candidate of the row starts with (each keeps one of its own at least)
     for r, m in enumerate(members):
         if m:
-            first = seqs[m[0]]
+            lead = seqs[m[0]]
             k = min(len(seqs[i]) for i in m) - 1
-            common[r] = next((t for t in range(k) if any(seqs[i][t] != first[t] for i in m)), k)
+            common[r] = next((t for t in range(k) if any(seqs[i][t] != lead[t] for i in m)), k)
     width = max(common)
     ids = torch.cat([batch["input_ids"], torch.full((n, width), pad, dtype=batch["input_ids"].dtype)], 1)
     mask = torch.cat([batch["attention_mask"], torch.zeros((n, width), dtype=batch["attention_mask"].dtype)], 1)

@@ -27,8 +27,7 @@ def token_budget(processor, examples: list[Example], kind=None) -> dict[str, int
     tok = processor.tokenizer
     long_prompt = max(examples, key=lambda e: len(tok(e.prompt, add_special_tokens=False)["input_ids"])).prompt
     long_target = max(examples, key=lambda e: len(tok(e.target, add_special_tokens=False)["input_ids"])).target
-    image = open_image(examples[0].image) if kind.unit is None else None  # a row's worst case is the widest row
-    return kind.token_budget(processor, image, long_prompt, long_target)
+    return kind.token_budget(processor, open_image(examples[0].image), long_prompt, long_target)
 
 
 def check(cfg: TrainConfig, model, processor, examples: list[Example]) -> dict[str, Any]:
