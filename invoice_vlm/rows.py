@@ -7,7 +7,8 @@ joined by a newline are the transcription convention (rows top to bottom, each r
 The segmenter works on pixels only (a PDF's text layer is never read): a horizontal projection profile of the ink,
 after removing what is not text — table rules and box borders (long straight runs of ink), and components far
 taller than the text (QR codes, barcodes, logos, signatures). What is left separates into bands of rows where the
-profile is empty; a band's left and right ink edges give the row's box. Training crops rows the same way (the
+profile is empty; a band's left and right ink edges give the row's box. A row whose blocks sit at different
+heights is read as its parts side by side (``segment_rows``, ``row_image``). Training crops rows the same way (the
 synthetic records' row extents only say which band is which row), so the model sees at training what the
 segmenter gives it at inference.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .models import ReadingUnit
 
@@ -25,7 +26,7 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
 
 
 # Bumped whenever segment() cuts rows differently: cached training rows (pretraining's row banks) are keyed by it.
-SEGMENTER_VERSION = 5
+SEGMENTER_VERSION = 6
 
 
 # Pixel operations: OpenCV where it is installed (a dependency; 5-10x faster than scipy.ndimage on a page), and
@@ -176,9 +177,50 @@ def _light_type(gray: np.ndarray, paper: int, near: np.ndarray) -> np.ndarray:
     glyph = max(8.0, gray.shape[1] / 85)  # a 10 pt capital on a page 8.3 inches wide
     h, w = stats[:, _CC_H], stats[:, _CC_W]
     fill = stats[:, _CC_AREA] / np.maximum(1, h * w)
-    keep = (h >= 3) & (h <= 3 * glyph) & (w <= 6 * glyph) & (fill <= 0.6)
+    keep = (h >= 3) & (h <= 3 * glyph) & (w <= 6 * glyph) & ((fill <= 0.6) | (w <= 2))  # (a stem is solid)
     keep[0] = False
     return keep[labels]
+
+
+def _reversed_type(text: np.ndarray, dark: np.ndarray, width: int) -> np.ndarray:
+    """Light type on a dark plate (a footer's slogan in white on blue, a table's header band): the plate is ink,
+    its letters holes in it, and what is left of it once its long runs go as rules is slivers between the letters.
+    On each plate (a dark shape at least 1.5 capitals tall and 6 wide, more than half its box), the slivers go and
+    the holes that are glyph-shaped (no taller than two capitals, not touching the plate's box) are the text; the
+    crop is turned dark on light when it is read (``row_image``)."""
+    glyph = max(8.0, width / 85)
+    # found on the page at a quarter of its size (cells of 4 x 4 pixels, mostly dark): a plate is large, and the
+    # page's components at full size cost more than the rest of the segmenter; then each at full size in its box
+    s = 4
+    hh, ww = dark.shape[0] // s, dark.shape[1] // s
+    if _opencv():  # the same means, exactly (sixteenths), in a fraction of numpy's time
+        cells = cv2.resize(dark[:hh * s, :ww * s].astype(np.float32), (ww, hh), interpolation=cv2.INTER_AREA) >= 0.5
+    else:
+        cells = dark[:hh * s, :ww * s].reshape(hh, s, ww, s).sum(axis=(1, 3), dtype=np.uint8) >= s * s // 2
+    count, _, stats = _components(cells)
+    h, w, area = stats[1:, _CC_H] * s, stats[1:, _CC_W] * s, stats[1:, _CC_AREA] * s * s
+    plates = np.flatnonzero((h >= 1.5 * glyph) & (w >= 6 * glyph) & (area > 0.5 * h * w)) + 1
+    if len(plates) == 0:
+        return text
+    text = text.copy()
+    for i in plates:
+        x, y = max(0, (stats[i, 0] - 1) * s), max(0, (stats[i, 1] - 1) * s)
+        pw = min(dark.shape[1], (stats[i, 0] + stats[i, _CC_W] + 1) * s) - x
+        ph = min(dark.shape[0], (stats[i, 1] + stats[i, _CC_H] + 1) * s) - y
+        n, labels, own_stats = _components(dark[y:y + ph, x:x + pw])
+        if n < 2:
+            continue
+        own = labels == 1 + int(np.argmax(own_stats[1:, _CC_AREA]))  # the plate: the box's largest dark shape
+        holes = ~own
+        n, hl, hs = _components(holes)
+        hh, hw = hs[:, _CC_H], hs[:, _CC_W]
+        inner = ((hs[:, 0] > 0) & (hs[:, 1] > 0) & (hs[:, 0] + hw < pw) & (hs[:, 1] + hh < ph)
+                 & (hh >= 3) & (hh <= 2 * glyph) & (hw <= 6 * glyph))
+        inner[0] = False
+        region = text[y:y + ph, x:x + pw]
+        region[own] = False
+        region |= inner[hl]
+    return text
 
 
 def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | None = None) -> np.ndarray:
@@ -189,6 +231,8 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     h, w = ink.shape
     lines = _long_runs(ink, max(24, w // 25), axis=1) | _long_runs(ink, max(20, h // 40), axis=0)
     text = ink & ~lines
+    if not noisy:
+        text = _reversed_type(text, dark, w)
     # A QR code falls apart into modules the size of letters, some joined, some not. It is found as a square
     # of page-scale size (1/17 of the width, larger than a heading's letter, smaller than any printed QR code)
     # that is more than a third ink: text, headings included, is far sparser at that scale.
@@ -222,7 +266,15 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     owner = labels.reshape(-1)[on]
     areas = stats[:, _CC_AREA].copy()
     areas[0] = 0
-    too_big = np.flatnonzero(heights > 4.5 * max(typical, 4.0)) + 1  # barcodes, logos, stamps' boxes
+    too_big = heights > 4.5 * max(typical, 4.0)  # barcodes, logos, stamps' boxes
+    # an icon's or a logo's filled plate beside a row (Coolblue's envelope: 1.5 rows tall, 4 wide, three quarters
+    # ink) made the row's crop that tall and the type in it small; a glyph, even a bold one, is not that solid that wide
+    # (solid in the dark ink: on a shaded band the growth into light pixels fuses a word into one solid shape)
+    for i in np.flatnonzero(~too_big & (heights >= 1.2 * typical) & (widths >= 2.5 * typical)
+                            & (stats[1:, _CC_AREA] >= 0.65 * heights * widths)):
+        x, y, w, h = stats[i + 1, :4]
+        too_big[i] = np.count_nonzero(dark[y:y + h, x:x + w]) >= 0.65 * w * h
+    too_big = np.flatnonzero(too_big) + 1
     if len(too_big):
         gone = np.zeros(n + 1, bool)
         gone[too_big] = True
@@ -232,6 +284,15 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     # Dust and noise on scans: specks far from any letter. A mark smaller than half a glyph's height squared is kept
     # only within a glyph's height of a letter (a full stop, an i's dot, a decimal point always are).
     small = (areas > 0) & (areas < (0.5 * max(typical, 4.0)) ** 2)
+    if not noisy and small.any():
+        # On a rendered page, small marks set side by side as a line of type are letters: a thin light paragraph's
+        # (AWS's grey footnotes, 50 pixels a letter, none near a larger one). Marks stacked one above the other
+        # (one rotated letter a line: margin text set vertically) stay marks and go.
+        marks = np.zeros_like(text)
+        marks.reshape(-1)[on[small[owner]]] = True
+        k = max(3, round(typical))
+        lined = _long_runs(_rect(_rect(marks, (1, k), "max"), (1, k), "min"), round(4 * typical), axis=1)
+        small &= ~(np.bincount(owner[lined.reshape(-1)[on]], minlength=n + 1) > 0)
     if not small.any():
         return text
     letters = np.zeros_like(text)
@@ -277,6 +338,16 @@ def _text_lines(text: np.ndarray) -> np.ndarray:
 
 def segment(image: Image.Image) -> list[Box]:
     """Text rows of a page, top to bottom, as boxes around their ink with a margin."""
+    return [union(parts) for parts in segment_rows(image)]
+
+
+def union(parts: Sequence[Box]) -> Box:
+    """The box around a row's parts."""
+    return (min(p[0] for p in parts), min(p[1] for p in parts), max(p[2] for p in parts), max(p[3] for p in parts))
+
+
+def segment_rows(image: Image.Image) -> list[list[Box]]:
+    """Text rows of a page, top to bottom, each as the boxes of its parts (one for most rows; see ``_parts``)."""
     gray = np.asarray(image.convert("L"))
     hist = _histogram(gray)
     noisy = noisy_paper(gray, hist)
@@ -294,16 +365,53 @@ def segment(image: Image.Image) -> list[Box]:
     merged = _join_fragments(bands, typical)
     boxes = []
     width = text.shape[1]
-    for band_top, band_bottom in (part for band in merged for part in _split_band(profile, band, typical)):
-        for left, top, right, bottom in (_columns(text, band_top, band_bottom, typical)
-                                         or [(0, band_top, width, band_bottom)]):
-            height = bottom - top
-            ink = int(text[top:bottom, left:right].sum())
-            if height < 0.5 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
-                continue
-            left, right = _ink_span(text[top:bottom, left:right], height, left)
-            boxes.append(_padded(left, top, right, bottom, gray.shape))
+    for band in merged:
+        rows = [row for top, bottom in _split_band(profile, band, typical)
+                for row in (_columns(text, top, bottom, typical) or [[(0, top, width, bottom)]])]
+        for parts in rows:
+            kept = []
+            for left, top, right, bottom in parts:
+                height = bottom - top
+                ink = int(text[top:bottom, left:right].sum())
+                if height < 0.5 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
+                    continue
+                left, right = _ink_span(text[top:bottom, left:right], height, left)
+                kept.append((left, top, right, bottom))
+            if len(kept) == 1:
+                kept = _parts(text, kept[0], typical)
+            if kept:
+                boxes.append([_padded(*part, gray.shape) for part in kept])
     return boxes
+
+
+def _parts(text: np.ndarray, box: Box, typical: float) -> list[Box]:
+    """A row whose blocks, apart by a gutter (two rows of empty columns), sit at different heights (a total beside
+    a payment line set half a row lower, footnotes beside an address block whose lines fall between theirs): each
+    block is a part with its own top and bottom, read as one crop of the parts side by side (``row_image``), so
+    no part is squeezed into a crop cut for all of them. A row whose blocks share their line stays one box; specks
+    and marks under half a row tall go with the nearest block."""
+    left, top, right, bottom = box
+    band = text[top:bottom, left:right]
+    cols = np.flatnonzero(band.any(axis=0))
+    gaps = np.flatnonzero(np.diff(cols) > 2 * typical)
+    if len(gaps) == 0:
+        return [box]
+    edges = [int(cols[0])] + [v for g in gaps for v in (int(cols[g]) + 1, int(cols[g + 1]))] + [int(cols[-1]) + 1]
+    blocks = []
+    for a, b in zip(edges[::2], edges[1::2]):
+        lines = np.flatnonzero(band[:, a:b].any(axis=1))
+        blocks.append([left + a, top + int(lines[0]), left + b, top + int(lines[-1]) + 1])
+    tall = [bl for bl in blocks if bl[3] - bl[1] >= 0.6 * typical]
+    middles = [(bl[1] + bl[3]) / 2 for bl in tall]
+    if len(tall) < 2 or max(middles) - min(middles) <= 0.3 * typical:
+        return [box]
+    parts = [list(bl) for bl in tall]
+    for bl in blocks:
+        if bl not in tall:
+            near = min(parts, key=lambda p: min(abs(bl[0] - p[2]), abs(p[0] - bl[2])))
+            near[:] = [min(near[0], bl[0]), min(near[1], bl[1]), max(near[2], bl[2]), max(near[3], bl[3])]
+    parts.sort()
+    return [tuple(p) for p in parts]
 
 
 def _join_fragments(bands: list[list[int]], typical: float) -> list[list[int]]:
@@ -320,14 +428,15 @@ def _join_fragments(bands: list[list[int]], typical: float) -> list[list[int]]:
     return merged
 
 
-def _columns(text: np.ndarray, top: int, bottom: int, typical: float) -> list[Box] | None:
+def _columns(text: np.ndarray, top: int, bottom: int, typical: float) -> list[list[Box]] | None:
     """A band still taller than 1.5 rows after _split_band may be side-by-side blocks whose lines interleave (an
     account number in large type beside a summary's two lines, an address beside a totals box): no pixel row is
     empty across the page, and no thin one either, so the page's profile cannot part them. Such a band is cut at
     its gutters (empty columns at least two rows wide) and each block into lines by its own profile. Lines of the
     blocks whose middles lie within half a row are one row again (a table's cells, as the reader learned rows).
-    Boxes (left, top, right, bottom), top to bottom; None when the band is not tall, has no gutter, or no block
-    holds two lines (a line of large type, or one with a gap: it stays whole)."""
+    Rows top to bottom, each its parts (left, top, right, bottom): one box when its blocks' lines share their
+    middles within 0.3 of a row, else each block's line, read side by side (``_parts``); None when the band is not
+    tall, has no gutter, or no block holds two lines (a line of large type, or one with a gap: it stays whole)."""
     if bottom - top <= 1.5 * typical:
         return None
     band = text[top:bottom]
@@ -352,7 +461,12 @@ def _columns(text: np.ndarray, top: int, bottom: int, typical: float) -> list[Bo
             rows[-1].append(p)
         else:
             rows.append([p])
-    return [(min(p[0] for p in r), min(p[1] for p in r), max(p[2] for p in r), max(p[3] for p in r)) for r in rows]
+    out = []
+    for r in rows:
+        r.sort()
+        middles = [(p[1] + p[3]) / 2 for p in r]
+        out.append(r if max(middles) - min(middles) > 0.3 * typical else [union(r)])
+    return out
 
 
 def _split_band(profile: np.ndarray, band: Sequence[int], typical: float) -> list[list[int]]:
@@ -510,9 +624,26 @@ def _rotate(image: Image.Image, angle: float) -> Image.Image:
     return Image.fromarray(out)
 
 
-def row_image(image: Image.Image, box: Box, unit: ReadingUnit) -> Image.Image:
-    """The crop scaled to the unit's height (greyscale kept as RGB, which image processors expect)."""
-    crop = image.crop(box).convert("L")
+def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit) -> Image.Image:
+    """The crop scaled to the unit's height (greyscale kept as RGB, which image processors expect). A row in parts
+    (``segment_rows``; a flat sequence of four numbers a part, as training records store it): each part scaled to
+    the height, side by side, then as one crop."""
+    flat = [v for b in box for v in (b if isinstance(b, (tuple, list)) else [b])]
+    if len(flat) > 4:
+        pieces = [row_image(image, tuple(flat[i:i + 4]), unit).convert("L") for i in range(0, len(flat), 4)]
+        joined = Image.new("L", (sum(p.width for p in pieces), unit.height), 255)
+        x = 0
+        for p in pieces:
+            joined.paste(p, (x, 0))
+            x += p.width
+        if joined.width > unit.max_width:
+            joined = joined.resize((unit.max_width, unit.height), Image.Resampling.BILINEAR)
+        return joined.convert("RGB")
+    crop = image.crop(tuple(flat)).convert("L")
+    if np.median(np.asarray(crop)) < 128:
+        # light type on a dark band (a footer's white slogan on blue): turned dark on light, as every row the reader
+        # learned from is
+        crop = ImageOps.invert(crop)
     w, h = crop.size
     width = max(unit.multiple, min(unit.max_width, round(w * unit.height / max(1, h))))
     return crop.resize((width, unit.height), Image.Resampling.BILINEAR).convert("RGB")
@@ -522,7 +653,7 @@ def page_rows(image: Image.Image, unit: ReadingUnit) -> list[np.ndarray]:
     """A page as the row reader takes it: deskewed, cut into rows, each cropped and scaled to the unit (uint8 grey),
     top to bottom. The engine's whole preparation of a page, in its process or in worker processes."""
     image = deskew(image)
-    return [np.asarray(row_image(image, box, unit).convert("L")) for box in segment(image)]
+    return [np.asarray(row_image(image, parts, unit).convert("L")) for parts in segment_rows(image)]
 
 
 def prepare_worker() -> None:

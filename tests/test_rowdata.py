@@ -84,7 +84,8 @@ def test_drawn_strings_vary_their_font_and_look_and_missing_fonts_are_one_line()
     rows = [draw_string(rng, "Payment terms: net 30 days from the invoice date", unit, fonts) for _ in range(60)]
     assert all(r.shape[0] == unit.height and r.dtype == np.uint8 for r in rows)
     papers = [int(np.median(r)) for r in rows]
-    assert min(papers) < 128 < max(papers)  # some rows are white type on a dark band
+    # some rows are drawn white on a dark band; like a page's (rows.row_image), they reach the reader dark on light
+    assert min(papers) > 128 and len(set(papers)) > 1
     assert len({r.shape[1] for r in rows}) > 20  # fonts and sizes differ
 
 

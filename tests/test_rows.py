@@ -147,6 +147,88 @@ def test_segmenter_finds_light_and_coloured_type_but_not_light_bands():
     assert band[0] > 40 and band[2] < 400, band  # the text's box (with its margin), not the band's
 
 
+def test_segmenter_reads_blocks_set_at_different_heights_as_parts():
+    """Segmenter v6. A total beside a payment line set half a row lower (Coolblue's "Totaal € 717,97" and
+    "''iDEAL'' op 21 april 2015 € 717,97") is one row of the page, but one crop cut for both holds half of each
+    line above or below the other's: the reader wrote "Totaal €777.97 vDE"-op 21 apri". Each block is a part with
+    its own top and bottom; the crop is the parts side by side (``row_image``). A table row whose cells share their
+    line stays one box."""
+    from invoice_vlm.models import ReadingUnit
+    from invoice_vlm.rows import row_image, segment_rows, union
+
+    lines = [(40, "Ordinary line of text 123", "black", 20), (80, "Totaal 717,97", "black", 20),
+             (250, "Another ordinary line", "black", 20), (300, "Charges", "black", 20)]
+    page = _page(lines)
+    from PIL import ImageDraw
+
+    from invoice_vlm.synth import get_font
+
+    draw = ImageDraw.Draw(page)
+    draw.text((600, 92), "iDEAL op 21 april 2015", font=get_font("DejaVuSans", False, 20), fill="black")
+    draw.text((600, 300), "$4.11", font=get_font("DejaVuSans", False, 20), fill="black")
+    rows = segment_rows(page)
+    assert len(rows) == 4, rows
+    total, table = rows[1], rows[3]
+    assert len(total) == 2 and total[0][2] < 400 < total[1][0], total  # two parts, left to right
+    assert total[1][1] - total[0][1] >= 8  # each with its own top: the payment line's is lower
+    assert len(table) == 1 and table[0][0] < 100 and table[0][2] > 650  # cells on one line: one box
+    assert segment(page)[1] == union(total)
+    unit = ReadingUnit()
+    crop = row_image(page, total, unit)
+    widths = [row_image(page, part, unit).width for part in total]
+    assert crop.height == 32 and crop.width == sum(widths)
+    flat = tuple(v for part in total for v in part)  # as training records store a row in parts
+    assert np.array_equal(np.asarray(row_image(page, flat, unit)), np.asarray(crop))
+
+
+def test_segmenter_keeps_a_paragraph_of_light_type_whole():
+    """A paragraph of thin light grey type with no dark letter near it (the AWS page's footnotes): each letter is
+    smaller than the dust rule's square and was dropped as a speck unless a larger letter was near, so its lines
+    came out cut to the few letters next to darker ones, or not at all. On a rendered page, small marks set side by
+    side as a line are letters (marks stacked one above the other, as the ZUGFeRD samples' vertical margin text
+    falls apart, are not; page CER of those pages unchanged, docs/segmentation.md)."""
+    lines = [(30 + 30 * k, "Dark type of an ordinary size, " * 2, "black", 22) for k in range(5)]
+    lines += [(200 + 22 * k, "usage and recurring charges for this statement period will be", (175, 175, 175), 16)
+              for k in range(2)]
+    page = _page(lines, size=(1000, 300))
+    gray = np.asarray(page.convert("L"))
+    boxes = segment(page)
+    for k in range(2):
+        y = 200 + 22 * k + 8
+        cols = np.flatnonzero((gray[y - 5:y + 5, 40:] < 230).any(axis=0)) + 40
+        mine = [b for b in boxes if b[1] <= y <= b[3]]
+        assert len(mine) == 1 and mine[0][0] <= cols[0] and mine[0][2] > cols[-1], (k, mine, cols[[0, -1]])
+    assert len(boxes) == 7, boxes
+
+
+def test_segmenter_leaves_an_icon_out_and_reads_light_type_on_a_dark_plate():
+    """A filled icon beside a line (Coolblue's envelope, 1.5 rows tall) made the row's crop that tall and the type in
+    it small; it is no text. White type on a dark plate (Coolblue's footer slogan on blue) was slivers of the plate
+    between its letters; the plate's glyph-shaped holes are the text, and the crop is read dark on light."""
+    from PIL import ImageDraw
+
+    from invoice_vlm.models import ReadingUnit
+    from invoice_vlm.rows import row_image
+    from invoice_vlm.synth import get_font
+
+    lines = [(30 + 34 * k, "Dark type of an ordinary size, " * 2, "black", 20) for k in range(3)]
+    page = _page(lines, size=(1000, 400))
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((40, 150, 110, 182), fill=(0, 120, 200))  # the icon's plate
+    draw.text((130, 158), "Printen? Niet nodig.", font=get_font("DejaVuSans", False, 20), fill="black")
+    draw.rectangle((0, 260, 1000, 340), fill=(0, 110, 200))  # the footer's plate, the page's width
+    draw.text((120, 288), "Alles voor een glimlach.", font=get_font("DejaVuSans", False, 22), fill="white")
+    boxes = segment(page)
+    icon_row = [b for b in boxes if b[1] <= 166 <= b[3]]
+    assert len(icon_row) == 1 and icon_row[0][0] > 110, icon_row  # starts at the text, not the icon
+    slogan = [b for b in boxes if b[1] <= 300 <= b[3]]
+    assert len(slogan) == 1, boxes
+    left, top, right, bottom = slogan[0]
+    assert 100 <= left <= 120 and 360 < right < 450 and top >= 270 and bottom <= 330, slogan
+    crop = np.asarray(row_image(page, slogan[0], ReadingUnit()).convert("L"))
+    assert np.median(crop) > 128 and crop.min() < 100  # light paper, dark letters
+
+
 def test_segmenter_backends_agree(row_pages, scan_pages, monkeypatch):
     """OpenCV (installed with the project) and scipy.ndimage (where OpenCV is missing) cut the same boxes and find
     the same skew; a page turned by either differs only by interpolation."""

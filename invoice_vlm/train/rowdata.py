@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..models import ReadingUnit
-from ..rows import ink_box, match_rows, row_image, segment
+from ..rows import ink_box, match_rows, row_image, segment_rows, union
 
 # ------------------------------------------------------------------------------------------- row bank
 
@@ -34,13 +34,15 @@ def _page_rows(args: tuple[str, list, str, ReadingUnit, int]) -> list[tuple[np.n
     texts = text.split("\n")
     if len(extents) != len(texts):
         return []
-    boxes = segment(page)
+    rows = segment_rows(page)
+    parts = {union(r): r for r in rows}
+    boxes = list(parts)
     matched = match_rows(boxes, extents, page.height)
-    out = [(np.asarray(row_image(page, box, unit).convert("L")), t)
+    out = [(np.asarray(row_image(page, parts[box], unit).convert("L")), t)
            for box, t in zip(matched, texts) if box is not None and t.strip()]
     spans = [(a * page.height, b * page.height) for a, b in extents]
     empty = [b for b in boxes if not any(min(b[3], s[1]) > max(b[1], s[0]) for s in spans)]
-    out += [(np.asarray(row_image(page, box, unit).convert("L")), "") for box in empty[:blanks]]
+    out += [(np.asarray(row_image(page, parts[box], unit).convert("L")), "") for box in empty[:blanks]]
     return out
 
 
@@ -174,7 +176,8 @@ def draw_string(rng: random.Random, text: str, unit: ReadingUnit, fonts: Sequenc
         if look < 0.15:
             ink = rng.randint(80, 170)  # light grey or coloured type, as greyscale sees it
         elif look < 0.2:
-            paper, ink = rng.randint(0, 110), rng.randint(215, 255)  # white on a dark band
+            # white on a dark band (row_image turns it dark on light, as it turns a page's)
+            paper, ink = rng.randint(0, 110), rng.randint(215, 255)
     parts = [(text, font)]
     words = text.split(" ")
     if fonts and len(words) > 2 and rng.random() < 0.1:  # a label and a value of another size on one baseline

@@ -93,7 +93,7 @@ def row_examples(samples: list[Sample], prompt: str = "ocr", repeat: int = 1) ->
     else the order of the boxes when there are exactly as many as the text has lines. Pages where neither holds
     are returned as skipped (with the reason), never guessed."""
     from ..data import open_image
-    from ..rows import deskew, match_rows, segment, skew_angle
+    from ..rows import deskew, match_rows, segment_rows, skew_angle, union
 
     out: list[Example] = []
     skipped: list[str] = []
@@ -103,17 +103,21 @@ def row_examples(samples: list[Sample], prompt: str = "ocr", repeat: int = 1) ->
         extents = s.meta.get("rows") if s.meta.get("augment", "none") == "none" else None
         angle = 0.0
         if extents and len(extents) == len(lines):  # a clean render: its extents are in its own geometry
-            matched = match_rows(segment(image), extents, image.height)
+            rows = segment_rows(image)
+            parts = {union(r): r for r in rows}
+            matched = [parts[b] if b is not None else None
+                       for b in match_rows([union(r) for r in rows], extents, image.height)]
         else:
             angle = skew_angle(image)
-            boxes = segment(deskew(image, angle))
-            if len(boxes) != len(lines):
-                skipped.append(f"{s.id}: {len(boxes)} text rows found on the page, {len(lines)} lines in its text")
+            matched = segment_rows(deskew(image, angle))
+            if len(matched) != len(lines):
+                skipped.append(f"{s.id}: {len(matched)} text rows found on the page, {len(lines)} lines in its text")
                 continue
-            matched = list(boxes)
-        for i, (box, line) in enumerate(zip(matched, lines)):
-            if box is not None and line.strip():
-                out.append(Example(f"{s.id}/row{i}", s.image, "row", prompt, line, box=tuple(box), angle=angle))
+        for i, (row, line) in enumerate(zip(matched, lines)):
+            if row is not None and line.strip():
+                # a row in parts keeps each part's four numbers in turn (``rows.row_image`` reads them so)
+                box = tuple(v for part in row for v in part)
+                out.append(Example(f"{s.id}/row{i}", s.image, "row", prompt, line, box=box, angle=angle))
     return out * max(1, repeat), skipped
 
 
