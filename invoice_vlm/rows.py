@@ -284,10 +284,11 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     # Dust and noise on scans: specks far from any letter. A mark smaller than half a glyph's height squared is kept
     # only within a glyph's height of a letter (a full stop, an i's dot, a decimal point always are).
     small = (areas > 0) & (areas < (0.5 * max(typical, 4.0)) ** 2)
-    if not noisy and small.any():
-        # On a rendered page, small marks set side by side as a line of type are letters: a thin light paragraph's
-        # (AWS's grey footnotes, 50 pixels a letter, none near a larger one). Marks stacked one above the other
-        # (one rotated letter a line: margin text set vertically) stay marks and go.
+    if small.any():
+        # Small marks set side by side as a line of type are letters: a thin light paragraph's (AWS's grey
+        # footnotes, 50 pixels a letter, none near a larger one), a scan's small italic header. Marks stacked one
+        # above the other (one rotated letter a line: margin text set vertically) stay marks and go; so does a
+        # scan's dust, which does not line up (a broken rule's pieces do: they go with the flat bands, segment).
         marks = np.zeros_like(text)
         marks.reshape(-1)[on[small[owner]]] = True
         k = max(3, round(typical))
@@ -374,6 +375,10 @@ def segment_rows(image: Image.Image) -> list[list[Box]]:
                 height = bottom - top
                 ink = int(text[top:bottom, left:right].sum())
                 if height < 0.5 * typical and ink < typical * typical * 0.5:  # specks of dust, not a row
+                    continue
+                if noisy and height < 0.35 * typical:
+                    # on a scan, what is left of a rule the blur and the noise broke into pieces too short to go as
+                    # rules: no row of type is that flat
                     continue
                 left, right = _ink_span(text[top:bottom, left:right], height, left)
                 kept.append((left, top, right, bottom))
@@ -644,9 +649,35 @@ def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit) -
         # light type on a dark band (a footer's white slogan on blue): turned dark on light, as every row the reader
         # learned from is
         crop = ImageOps.invert(crop)
+    crop = _without_rules(crop)
     w, h = crop.size
     width = max(unit.multiple, min(unit.max_width, round(w * unit.height / max(1, h))))
     return crop.resize((width, unit.height), Image.Resampling.BILINEAR).convert("RGB")
+
+
+def _without_rules(crop: Image.Image) -> Image.Image:
+    """The crop as the reader learned rows, dark type on white: a shaded band's grey (the crop's median) to white,
+    and straight lines to paper: an underline (the ZUGFeRD samples' underlined labels: "Verkäufer:" was read
+    "Yerkäufer:", the f of "Leistungsempfänger" a "£" where the line meets it), a table's rule caught in the margin,
+    a cell's border beside the text."""
+    gray = np.asarray(crop)
+    h, w = gray.shape
+    paper = float(np.median(gray))
+    if paper < 250:
+        # a shaded band's grey is paper too: to white, and with it the band's edge where the crop reaches past it
+        gray = np.minimum(255.0, gray * (255.0 / max(paper, 1.0))).astype(np.uint8)
+        paper = 255.0
+    if h < 4:
+        return Image.fromarray(gray)
+    ink = gray < paper - 80
+    # across: twice the crop's height; down: through the crop's margins, which no glyph of the row reaches (a cell's
+    # border beside the text, read as "|" or "l")
+    rules = _long_runs(ink, 2 * h, axis=1) if w >= 2 * h else np.zeros_like(ink)
+    rules |= _long_runs(ink, h - max(1, round(0.05 * h)), axis=0)
+    if rules.any():
+        gray = gray.copy()
+        gray[_grow(rules, 3) & (gray < paper)] = round(paper)  # (with the line's anti-aliased edges)
+    return Image.fromarray(gray)
 
 
 def page_rows(image: Image.Image, unit: ReadingUnit) -> list[np.ndarray]:

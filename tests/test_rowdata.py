@@ -84,8 +84,9 @@ def test_drawn_strings_vary_their_font_and_look_and_missing_fonts_are_one_line()
     rows = [draw_string(rng, "Payment terms: net 30 days from the invoice date", unit, fonts) for _ in range(60)]
     assert all(r.shape[0] == unit.height and r.dtype == np.uint8 for r in rows)
     papers = [int(np.median(r)) for r in rows]
-    # some rows are drawn white on a dark band; like a page's (rows.row_image), they reach the reader dark on light
-    assert min(papers) > 128 and len(set(papers)) > 1
+    # drawn on papers and bands of any shade, white on dark included; like a page's rows (rows.row_image), they reach
+    # the reader as dark type on white, and their type's grey still varies
+    assert min(papers) >= 250 and len({int(r.min()) // 16 for r in rows}) > 3
     assert len({r.shape[1] for r in rows}) > 20  # fonts and sizes differ
 
 
