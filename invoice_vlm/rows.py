@@ -583,6 +583,68 @@ def skew_angle(image: Image.Image, most: float = 3.0, step: float = 0.25) -> flo
     return round(float(fine), 3)
 
 
+def page_quad(gray: np.ndarray) -> np.ndarray | None:
+    """The paper's four corners (top left, top right, bottom right, bottom left; pixels) when the page lies on a
+    darker ground, as in a photo; None for a scan or a render (the paper is the whole image). Found on the image at
+    about 500 pixels: Otsu's threshold, the largest bright shape (gaps of text closed), its outline simplified to
+    four corners. Guards, so that a rendered page is never warped: the shape is convex, at least half the image,
+    its corners within 20 degrees of square, and three of them lie off the image's own (Coolblue's page, bright
+    down to a blue footer band as wide as the page, keeps its top corners). Needs OpenCV."""
+    if not _opencv():
+        return None
+    h, w = gray.shape
+    s = max(1, round(max(h, w) / 500))
+    small = np.ascontiguousarray(gray[::s, ::s])  # every s-th pixel: the paper's outline needs no more
+    _, paper = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    paper = cv2.morphologyEx(paper, cv2.MORPH_CLOSE, np.ones((8, 8), np.uint8))
+    contours, _ = cv2.findContours(paper, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    outline = max(contours, key=cv2.contourArea)
+    if cv2.contourArea(outline) < 0.5 * small.size:
+        return None
+    quad = cv2.approxPolyDP(outline, 0.02 * cv2.arcLength(outline, True), True).reshape(-1, 2).astype(np.float64)
+    if len(quad) != 4 or not cv2.isContourConvex(quad.astype(np.float32).reshape(-1, 1, 2)):
+        return None
+    quad *= s
+    total, diff = quad.sum(axis=1), quad[:, 0] - quad[:, 1]
+    quad = quad[[np.argmin(total), np.argmax(diff), np.argmax(total), np.argmin(diff)]]
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+    if (np.linalg.norm(quad - corners, axis=1) > 0.003 * max(h, w)).sum() < 3:
+        return None
+    # a sheet seen at a slant, not a shadow's edge taken for the paper's: every corner within 20 degrees of square
+    sides = np.roll(quad, -1, axis=0) - quad
+    cosines = [abs(float(np.dot(a, b))) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9)
+               for a, b in zip(sides, np.roll(sides, -1, axis=0))]
+    if max(cosines) > np.sin(np.radians(20)):
+        return None
+    return quad
+
+
+def rectify(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
+    """A photographed page (``page_quad``) warped flat: its four corners to a rectangle of the sides' lengths.
+    Rows that a perspective set at different slopes across the page are level again, which one deskew angle cannot
+    do. Returns the page and the 3 x 3 map from the given image's pixels to it (the identity when unchanged)."""
+    quad = page_quad(np.asarray(image.convert("L")))
+    if quad is None:
+        return image, np.eye(3)
+    tl, tr, br, bl = quad
+    width = int(round(max(np.linalg.norm(tr - tl), np.linalg.norm(br - bl))))
+    height = int(round(max(np.linalg.norm(bl - tl), np.linalg.norm(br - tr))))
+    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+    matrix = cv2.getPerspectiveTransform(quad.astype(np.float32), target)
+    flat = cv2.warpPerspective(np.asarray(image.convert("L")), matrix, (width, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+    # and lit evenly: a photo's light falls off across the page and a shadow darkens a side, so the paper is two
+    # greys and Otsu's threshold fell between them. The paper's own light, at an eighth of the size (the type gone
+    # under a 9 x 9 maximum), smoothed and scaled back, divides the page.
+    small = cv2.resize(flat, (max(1, width // 8), max(1, height // 8)), interpolation=cv2.INTER_AREA)
+    light = cv2.GaussianBlur(cv2.dilate(small, np.ones((9, 9), np.uint8)), (0, 0), 3)
+    light = cv2.resize(light, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    even = np.clip(flat.astype(np.float32) * (255.0 / np.maximum(light, 1.0)), 0, 255).astype(np.uint8)
+    return Image.fromarray(even), matrix.astype(np.float64)
+
+
 def deskew(image: Image.Image, angle: float | None = None, most: float = 3.0) -> Image.Image:
     """The page turned by ``angle`` (default: skew_angle's) so its rows are horizontal (scans lie up to a few
     degrees off); unchanged when straight."""
@@ -657,9 +719,9 @@ def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit) -
 
 def _without_rules(crop: Image.Image) -> Image.Image:
     """The crop as the reader learned rows, dark type on white: a shaded band's grey (the crop's median) to white,
-    and straight lines to paper: an underline (the ZUGFeRD samples' underlined labels: "Verkäufer:" was read
-    "Yerkäufer:", the f of "Leistungsempfänger" a "£" where the line meets it), a table's rule caught in the margin,
-    a cell's border beside the text."""
+    and straight lines that are no type to paper: an underline (the ZUGFeRD samples' underlined labels:
+    "Verkäufer:" was read "Yerkäufer:", the f of "Leistungsempfänger" a "£" where the line meets it), a cell's
+    border beside the text."""
     gray = np.asarray(crop)
     h, w = gray.shape
     paper = float(np.median(gray))
@@ -673,6 +735,15 @@ def _without_rules(crop: Image.Image) -> Image.Image:
     # across: twice the crop's height; down: through the crop's margins, which no glyph of the row reaches (a cell's
     # border beside the text, read as "|" or "l")
     rules = _long_runs(ink, 2 * h, axis=1) if w >= 2 * h else np.zeros_like(ink)
+    if rules.any():
+        # only a line under type is an underline: a row of dashes or rule characters ("-------", "_____") is text,
+        # which the references hold, and erasing every long run cost the synthetic test pages 1.29% -> 1.53% CER
+        count, labels, stats = _components(rules)
+        under = np.zeros(count, bool)
+        for i in range(1, count):
+            x, y, rw = stats[i, 0], stats[i, 1], stats[i, _CC_W]
+            under[i] = y > 0 and np.count_nonzero(ink[:y, x:x + rw].any(axis=0)) >= 0.3 * rw
+        rules = under[labels]
     rules |= _long_runs(ink, h - max(1, round(0.05 * h)), axis=0)
     if rules.any():
         gray = gray.copy()
@@ -681,9 +752,10 @@ def _without_rules(crop: Image.Image) -> Image.Image:
 
 
 def page_rows(image: Image.Image, unit: ReadingUnit) -> list[np.ndarray]:
-    """A page as the row reader takes it: deskewed, cut into rows, each cropped and scaled to the unit (uint8 grey),
-    top to bottom. The engine's whole preparation of a page, in its process or in worker processes."""
-    image = deskew(image)
+    """A page as the row reader takes it: a photo warped flat, deskewed, cut into rows, each cropped and scaled to
+    the unit (uint8 grey), top to bottom. The engine's whole preparation of a page, in its process or in worker
+    processes."""
+    image = deskew(rectify(image)[0])
     return [np.asarray(row_image(image, parts, unit).convert("L")) for parts in segment_rows(image)]
 
 

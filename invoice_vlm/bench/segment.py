@@ -41,15 +41,18 @@ import numpy as np
 from PIL import Image
 
 from ..common import InvoiceVLMError
-from ..rows import SEGMENTER_VERSION, deskew, pillow_rotation, segment, skew_angle, tighten
+from ..rows import SEGMENTER_VERSION, deskew, pillow_rotation, rectify, segment, skew_angle, tighten
 from ..evaluate.engines import group_rows
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom, pixels
 
 
 class Cut(NamedTuple):
-    boxes: list[Box]  # in reading order, on the page turned by ``angle``
+    boxes: list[Box]  # in reading order, on the page flattened by ``flat`` and turned by ``angle``
     angle: float  # degrees, as rows.deskew turns a page (expanding it); 0: the page as given
+    # 3 x 3, the given page's pixels to those of the page the boxes are on, when more than a turn by ``angle`` made
+    # it (rows.rectify flattened a photo first); None: the turn alone
+    to_page: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------------------ candidates
@@ -63,9 +66,13 @@ def _upright(image: Image.Image) -> tuple[Image.Image, float]:
 
 
 def own(image: Image.Image) -> Cut:
-    """The project's own: rows.deskew, then rows.segment (what predict, eval and training use)."""
-    turned, angle = _upright(image)
-    return Cut([tuple(map(float, b)) for b in segment(turned)], angle)
+    """The project's own: rows.rectify, rows.deskew, then rows.segment (what predict, eval and training use)."""
+    flat, matrix = rectify(image)
+    turned, angle = _upright(flat)
+    boxes = [tuple(map(float, b)) for b in segment(turned)]
+    if flat is image:
+        return Cut(boxes, angle)
+    return Cut(boxes, angle, (_pil_rotation(flat.size, angle, expand=True) if angle else np.eye(3)) @ matrix)
 
 
 @lru_cache(maxsize=1)
@@ -364,7 +371,8 @@ def _run(cfg: SegBenchConfig, pages: list, candidates: dict, progress: bool) -> 
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             # one map from the clean render to the candidate's page: a box's corners are mapped once, so a rotation
             # that deskewing undid leaves the box as tight as it was
-            to_cut = (_pil_rotation(image.size, cut.angle, expand=True) if cut.angle else np.eye(3)) @ geometry
+            turn = _pil_rotation(image.size, cut.angle, expand=True) if cut.angle else np.eye(3)
+            to_cut = (turn if cut.to_page is None else cut.to_page) @ geometry
             scores = score_page(map_boxes(truth, to_cut), cut.boxes, map_boxes(left_out, to_cut))
             results[name].append({"id": pid, **scores, "left_out": len(left_out), "angle": cut.angle,
                                   "wall_ms": round(1000 * wall, 1), "cpu_ms": round(1000 * cpu, 1)})

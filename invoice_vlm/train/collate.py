@@ -26,10 +26,11 @@ class Collator:
         if unit is not None:
             import numpy as np
 
-            from ..rows import deskew, row_image
+            from ..rows import deskew, rectify, row_image
 
-            images = [np.asarray(row_image(deskew(r["image"], float(r.get("angle") or 0.0)), tuple(r["box"]),
-                                           unit).convert("L")) for r in rows]
+            # the page as row_examples cut it: a photo flat, then turned by the angle found then
+            images = [np.asarray(row_image(deskew(rectify(r["image"])[0], float(r.get("angle") or 0.0)),
+                                           tuple(r["box"]), unit).convert("L")) for r in rows]
         else:
             images = [r["image"].convert("RGB") for r in rows]
         return self.kind.training_batch(self.processor, images, [r["prompt"] for r in rows],

@@ -93,12 +93,12 @@ def row_examples(samples: list[Sample], prompt: str = "ocr", repeat: int = 1) ->
     else the order of the boxes when there are exactly as many as the text has lines. Pages where neither holds
     are returned as skipped (with the reason), never guessed."""
     from ..data import open_image
-    from ..rows import deskew, match_rows, segment_rows, skew_angle, union
+    from ..rows import deskew, match_rows, rectify, segment_rows, skew_angle, union
 
     out: list[Example] = []
     skipped: list[str] = []
     for s in samples:
-        image = open_image(s.image)
+        image = rectify(open_image(s.image))[0]  # a photo flat, as at inference (the collator does it again)
         lines = s.text.split("\n")
         extents = s.meta.get("rows") if s.meta.get("augment", "none") == "none" else None
         angle = 0.0
