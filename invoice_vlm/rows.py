@@ -114,6 +114,23 @@ def _long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
     return _rect(_rect(mask, shape, "min"), shape, "max") & mask
 
 
+def _closing(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Gaps under a ``shape`` window filled: a dilation, then an erosion by the same window."""
+    return _rect(_rect(mask, shape, "max"), shape, "min")
+
+
+def _spans(on: np.ndarray, gap: float) -> list[tuple[int, int]]:
+    """(start, stop) of each cluster of True entries of a 1-D mask, clusters parted where consecutive True entries
+    lie more than ``gap`` apart (a row's ink into blocks at its gutters)."""
+    at = np.flatnonzero(on)
+    if len(at) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(at) > gap)
+    starts = np.concatenate([at[:1], at[cuts + 1]])
+    stops = np.concatenate([at[cuts], at[-1:]]) + 1
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
 def _grow(mask: np.ndarray, size: int) -> np.ndarray:
     """Each pixel within a ``size`` x ``size`` square (centred as scipy.ndimage centres it) of a True pixel."""
     return _rect(mask, (size, size), "max")
@@ -192,8 +209,8 @@ def _reversed_type(text: np.ndarray, dark: np.ndarray, width: int) -> np.ndarray
     # found on the page at a quarter of its size (every fourth pixel each way): a plate is large and solid, and the
     # page's components at full size cost more than the rest of the segmenter; then each at full size in its box
     s = 4
-    hh, ww = dark.shape[0] // s, dark.shape[1] // s
-    cells = np.ascontiguousarray(dark[s // 2:hh * s:s, s // 2:ww * s:s])  # a pixel a cell: a plate is solid
+    rows, cols = dark.shape[0] // s * s, dark.shape[1] // s * s
+    cells = np.ascontiguousarray(dark[s // 2:rows:s, s // 2:cols:s])  # a pixel a cell: a plate is solid
     count, _, stats = _components(cells)
     h, w, area = stats[1:, _CC_H] * s, stats[1:, _CC_W] * s, stats[1:, _CC_AREA] * s * s
     plates = np.flatnonzero((h >= 1.5 * glyph) & (w >= 6 * glyph) & (area > 0.5 * h * w)) + 1
@@ -210,9 +227,9 @@ def _reversed_type(text: np.ndarray, dark: np.ndarray, width: int) -> np.ndarray
         own = labels == 1 + int(np.argmax(own_stats[1:, _CC_AREA]))  # the plate: the box's largest dark shape
         holes = ~own
         n, hl, hs = _components(holes)
-        hh, hw = hs[:, _CC_H], hs[:, _CC_W]
-        inner = ((hs[:, 0] > 0) & (hs[:, 1] > 0) & (hs[:, 0] + hw < pw) & (hs[:, 1] + hh < ph)
-                 & (hh >= 3) & (hh <= 2 * glyph) & (hw <= 6 * glyph))
+        hole_h, hole_w = hs[:, _CC_H], hs[:, _CC_W]
+        inner = ((hs[:, 0] > 0) & (hs[:, 1] > 0) & (hs[:, 0] + hole_w < pw) & (hs[:, 1] + hole_h < ph)
+                 & (hole_h >= 3) & (hole_h <= 2 * glyph) & (hole_w <= 6 * glyph))
         inner[0] = False
         region = text[y:y + ph, x:x + pw]
         region[own] = False
@@ -269,8 +286,8 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     # (solid in the dark ink: on a shaded band the growth into light pixels fuses a word into one solid shape)
     for i in np.flatnonzero(~too_big & (heights >= 1.2 * typical) & (widths >= 2.5 * typical)
                             & (stats[1:, _CC_AREA] >= 0.65 * heights * widths)):
-        x, y, w, h = stats[i + 1, :4]
-        too_big[i] = np.count_nonzero(dark[y:y + h, x:x + w]) >= 0.65 * w * h
+        bx, by, bw, bh = stats[i + 1, :4]
+        too_big[i] = np.count_nonzero(dark[by:by + bh, bx:bx + bw]) >= 0.65 * bw * bh
     too_big = np.flatnonzero(too_big) + 1
     if len(too_big):
         gone = np.zeros(n + 1, bool)
@@ -292,8 +309,7 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
         # (every operation runs along the pixel rows: only the rows that hold marks need it)
         held = np.flatnonzero(marks.any(axis=1))
         lined = np.zeros_like(text)
-        lined[held] = _long_runs(_rect(_rect(np.ascontiguousarray(marks[held]), (1, k), "max"), (1, k), "min"),
-                                 round(4 * typical), axis=1)
+        lined[held] = _long_runs(_closing(np.ascontiguousarray(marks[held]), (1, k)), round(4 * typical), axis=1)
         small &= ~(np.bincount(owner[lined.reshape(-1)[on]], minlength=n + 1) > 0)
     if not small.any():
         return text
@@ -327,7 +343,7 @@ def _text_lines(text: np.ndarray) -> np.ndarray:
     glyphs = h[(h >= 4) & (w <= 4 * h)]
     glyph = float(np.median(glyphs)) if len(glyphs) else 8.0
     k = max(3, round(1.5 * glyph))
-    smeared = _rect(_rect(text, (1, k), "max"), (1, k), "min")  # a closing: gaps under k pixels filled
+    smeared = _closing(text, (1, k))  # gaps under k pixels filled
     run = max(4, round(3 * glyph))
     lines = _long_runs(smeared, run, axis=1).any(axis=1)
     # a pixel row or three inside a line can miss the run (a blurred x-height thins out): they stay in the line
@@ -390,6 +406,12 @@ def segment_rows(image: Image.Image) -> list[list[Box]]:
     return boxes
 
 
+def _apart(blocks: Sequence[Sequence[int]], typical: float) -> bool:
+    """Whether boxes set side by side sit at different heights: their middles more than 0.3 of a row apart."""
+    middles = [(b[1] + b[3]) / 2 for b in blocks]
+    return max(middles) - min(middles) > 0.3 * typical
+
+
 def _parts(text: np.ndarray, box: Box, typical: float) -> list[Box]:
     """A row whose blocks, apart by a gutter (two rows of empty columns), sit at different heights (a total beside
     a payment line set half a row lower, footnotes beside an address block whose lines fall between theirs): each
@@ -398,26 +420,22 @@ def _parts(text: np.ndarray, box: Box, typical: float) -> list[Box]:
     and marks under half a row tall go with the nearest block."""
     left, top, right, bottom = box
     band = text[top:bottom, left:right]
-    cols = np.flatnonzero(band.any(axis=0))
-    gaps = np.flatnonzero(np.diff(cols) > 2 * typical)
-    if len(gaps) == 0:
+    spans = _spans(band.any(axis=0), 2 * typical)
+    if len(spans) < 2:
         return [box]
-    edges = [int(cols[0])] + [v for g in gaps for v in (int(cols[g]) + 1, int(cols[g + 1]))] + [int(cols[-1]) + 1]
     blocks = []
-    for a, b in zip(edges[::2], edges[1::2]):
+    for a, b in spans:
         lines = np.flatnonzero(band[:, a:b].any(axis=1))
-        blocks.append([left + a, top + int(lines[0]), left + b, top + int(lines[-1]) + 1])
+        blocks.append((left + a, top + int(lines[0]), left + b, top + int(lines[-1]) + 1))
     tall = [bl for bl in blocks if bl[3] - bl[1] >= 0.6 * typical]
-    middles = [(bl[1] + bl[3]) / 2 for bl in tall]
-    if len(tall) < 2 or max(middles) - min(middles) <= 0.3 * typical:
+    if len(tall) < 2 or not _apart(tall, typical):
         return [box]
-    parts = [list(bl) for bl in tall]
+    parts = list(tall)
     for bl in blocks:
         if bl not in tall:
-            near = min(parts, key=lambda p: min(abs(bl[0] - p[2]), abs(p[0] - bl[2])))
-            near[:] = [min(near[0], bl[0]), min(near[1], bl[1]), max(near[2], bl[2]), max(near[3], bl[3])]
-    parts.sort()
-    return [tuple(p) for p in parts]
+            k = min(range(len(parts)), key=lambda j: min(abs(bl[0] - parts[j][2]), abs(parts[j][0] - bl[2])))
+            parts[k] = union([parts[k], bl])
+    return sorted(parts)
 
 
 def _join_fragments(bands: list[list[int]], typical: float) -> list[list[int]]:
@@ -446,14 +464,12 @@ def _columns(text: np.ndarray, top: int, bottom: int, typical: float) -> list[li
     if bottom - top <= 1.5 * typical:
         return None
     band = text[top:bottom]
-    cols = np.flatnonzero(band.any(axis=0))
-    gaps = np.flatnonzero(np.diff(cols) > 2 * typical)
-    if len(gaps) == 0:
+    spans = _spans(band.any(axis=0), 2 * typical)
+    if len(spans) < 2:
         return None
-    edges = [int(cols[0])] + [v for g in gaps for v in (int(cols[g]) + 1, int(cols[g + 1]))] + [int(cols[-1]) + 1]
     parts: list[Box] = []
     lines = 0
-    for left, right in zip(edges[::2], edges[1::2]):
+    for left, right in spans:
         sub = band[:, left:right].sum(axis=1)
         found = [b for piece in _join_fragments(_bands(sub), typical) for b in _split_band(sub, piece, typical)]
         lines = max(lines, len(found))
@@ -467,12 +483,7 @@ def _columns(text: np.ndarray, top: int, bottom: int, typical: float) -> list[li
             rows[-1].append(p)
         else:
             rows.append([p])
-    out = []
-    for r in rows:
-        r.sort()
-        middles = [(p[1] + p[3]) / 2 for p in r]
-        out.append(r if max(middles) - min(middles) > 0.3 * typical else [union(r)])
-    return out
+    return [sorted(r) if _apart(r, typical) else [union(r)] for r in rows]
 
 
 def _split_band(profile: np.ndarray, band: Sequence[int], typical: float) -> list[list[int]]:
@@ -503,12 +514,7 @@ def _ink_span(band: np.ndarray, height: int, offset: int = 0) -> tuple[int, int]
     """Left and right edge of a row's ink, leaving out specks at either end: a cluster of ink (columns closer than
     two row heights) at an end is dropped if it holds less ink than a fifth of a glyph and stands less than half
     the row high (a lone "1" or "-" at the end of a row is kept)."""
-    columns = band.sum(axis=0)
-    cols = np.flatnonzero(columns)
-    cuts = np.flatnonzero(np.diff(cols) > 2 * height)
-    starts = np.concatenate([[0], cuts + 1])
-    stops = np.concatenate([cuts + 1, [len(cols)]])
-    clusters = [(int(cols[a]), int(cols[b - 1]) + 1) for a, b in zip(starts, stops)]
+    clusters = _spans(band.any(axis=0), 2 * height)
 
     def speck(c: tuple[int, int]) -> bool:
         part = band[:, c[0]:c[1]]
@@ -626,7 +632,8 @@ def rectify(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
     """A photographed page (``page_quad``) warped flat: its four corners to a rectangle of the sides' lengths.
     Rows that a perspective set at different slopes across the page are level again, which one deskew angle cannot
     do. Returns the page and the 3 x 3 map from the given image's pixels to it (the identity when unchanged)."""
-    quad = page_quad(np.asarray(image.convert("L")))
+    gray = np.asarray(image.convert("L"))
+    quad = page_quad(gray)
     if quad is None:
         return image, np.eye(3)
     tl, tr, br, bl = quad
@@ -634,7 +641,7 @@ def rectify(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
     height = int(round(max(np.linalg.norm(bl - tl), np.linalg.norm(br - tr))))
     target = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
     matrix = cv2.getPerspectiveTransform(quad.astype(np.float32), target)
-    flat = cv2.warpPerspective(np.asarray(image.convert("L")), matrix, (width, height), flags=cv2.INTER_LINEAR,
+    flat = cv2.warpPerspective(gray, matrix, (width, height), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
     # and lit evenly: a photo's light falls off across the page and a shadow darkens a side, so the paper is two
     # greys and Otsu's threshold fell between them. The paper's own light, at an eighth of the size (the type gone
@@ -769,17 +776,20 @@ def prepare_worker() -> None:
 
 # --------------------------------------------------------------------------------------- training rows
 
-def match_rows(boxes: list[Box], extents: list[Sequence[float]], page_height: int) -> list[Box | None]:
+def match_rows(boxes: list[Box], extents: list[Sequence[float]], page_height: int,
+               rows: Sequence | None = None) -> list:
     """For each target row (extents: top, bottom as fractions of the page height, from synthetic records), the
-    segmenter's box if exactly one box overlaps it and that box overlaps no other row; else None."""
+    segmenter's box if exactly one box overlaps it and that box overlaps no other row; else None. ``rows``: what to
+    give for each box instead (``segment_rows``' parts, matched by their union)."""
+    rows = boxes if rows is None else rows
     spans = [(t * page_height, b * page_height) for t, b in extents]
 
     def overlaps(box: Box, span) -> bool:
         return min(box[3], span[1]) - max(box[1], span[0]) > 0.3 * (span[1] - span[0])
 
     hits = [[j for j, span in enumerate(spans) if overlaps(box, span)] for box in boxes]
-    out: list[Box | None] = []
+    out = []
     for j, span in enumerate(spans):
         mine = [i for i, h in enumerate(hits) if j in h]
-        out.append(boxes[mine[0]] if len(mine) == 1 and hits[mine[0]] == [j] else None)
+        out.append(rows[mine[0]] if len(mine) == 1 and hits[mine[0]] == [j] else None)
     return out

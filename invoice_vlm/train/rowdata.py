@@ -35,14 +35,13 @@ def _page_rows(args: tuple[str, list, str, ReadingUnit, int]) -> list[tuple[np.n
     if len(extents) != len(texts):
         return []
     rows = segment_rows(page)
-    parts = {union(r): r for r in rows}
-    boxes = list(parts)
-    matched = match_rows(boxes, extents, page.height)
-    out = [(np.asarray(row_image(page, parts[box], unit).convert("L")), t)
-           for box, t in zip(matched, texts) if box is not None and t.strip()]
+    boxes = [union(r) for r in rows]
+    matched = match_rows(boxes, extents, page.height, rows)
+    out = [(np.asarray(row_image(page, row, unit).convert("L")), t)
+           for row, t in zip(matched, texts) if row is not None and t.strip()]
     spans = [(a * page.height, b * page.height) for a, b in extents]
-    empty = [b for b in boxes if not any(min(b[3], s[1]) > max(b[1], s[0]) for s in spans)]
-    out += [(np.asarray(row_image(page, parts[box], unit).convert("L")), "") for box in empty[:blanks]]
+    empty = [r for b, r in zip(boxes, rows) if not any(min(b[3], s[1]) > max(b[1], s[0]) for s in spans)]
+    out += [(np.asarray(row_image(page, row, unit).convert("L")), "") for row in empty[:blanks]]
     return out
 
 

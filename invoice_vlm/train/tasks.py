@@ -104,9 +104,7 @@ def row_examples(samples: list[Sample], prompt: str = "ocr", repeat: int = 1) ->
         angle = 0.0
         if extents and len(extents) == len(lines):  # a clean render: its extents are in its own geometry
             rows = segment_rows(image)
-            parts = {union(r): r for r in rows}
-            matched = [parts[b] if b is not None else None
-                       for b in match_rows([union(r) for r in rows], extents, image.height)]
+            matched = match_rows([union(r) for r in rows], extents, image.height, rows)
         else:
             angle = skew_angle(image)
             matched = segment_rows(deskew(image, angle))
