@@ -26,7 +26,7 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
 
 
 # Bumped whenever segment() cuts rows differently: cached training rows (pretraining's row banks) are keyed by it.
-SEGMENTER_VERSION = 6
+SEGMENTER_VERSION = 7
 
 
 # Pixel operations: OpenCV where it is installed (a dependency; 5-10x faster than scipy.ndimage on a page), and
@@ -389,7 +389,7 @@ def segment_rows(image: Image.Image) -> list[list[Box]]:
     inks = [int(text[a:b].sum()) for a, b in bands]
     solid = [b - a for (a, b), ink in zip(bands, inks) if ink >= 2 * (b - a) ** 2] or [b - a for a, b in bands]
     typical = float(np.median(solid))
-    merged = _join_fragments(bands, typical)
+    merged = _join_fragments(_without_borders(text, bands, typical), typical)
     boxes = []
     width = text.shape[1]
     for band in merged:
@@ -421,12 +421,28 @@ def _apart(blocks: Sequence[Sequence[int]], typical: float) -> bool:
     return max(middles) - min(middles) > 0.3 * typical
 
 
+def _baseline(block: np.ndarray) -> int:
+    """A block's baseline: the last pixel row at least half as inked as its densest (below it only descenders)."""
+    profile = block.sum(axis=1)
+    return int(np.flatnonzero(profile >= 0.5 * profile.max())[-1])
+
+
+def _baselines_apart(text: np.ndarray, blocks: Sequence[Box], typical: float) -> bool:
+    """Whether blocks set side by side stand on different baselines (more than a quarter of a row apart): a small
+    label set at the top of a table cell beside the cell's large value (ZUGFeRD's "Rechnungsnummer" over 471102)
+    shares the value's middle within 0.3 of a row but not its baseline; blocks of one line of type do."""
+    lines = [b[1] + _baseline(text[b[1]:b[3], b[0]:b[2]]) for b in blocks]
+    return max(lines) - min(lines) > 0.25 * typical
+
+
 def _parts(text: np.ndarray, box: Box, typical: float) -> list[Box]:
     """A row whose blocks, apart by a gutter (two rows of empty columns), sit at different heights (a total beside
     a payment line set half a row lower, footnotes beside an address block whose lines fall between theirs): each
     block is a part with its own top and bottom, read as one crop of the parts side by side (``row_image``), so
-    no part is squeezed into a crop cut for all of them. A row whose blocks share their line stays one box; specks
-    and marks under half a row tall go with the nearest block."""
+    no part is squeezed into a crop cut for all of them; so does a row whose blocks stand on different baselines
+    (a cell's small label at its top beside the cell's value). A row whose blocks share their line stays one box;
+    specks and marks under 0.55 of a row tall go with the nearest block (a small label is taller: 0.58 of a row on
+    the ZUGFeRD samples)."""
     left, top, right, bottom = box
     band = text[top:bottom, left:right]
     spans = _spans(band.any(axis=0), 2 * typical)
@@ -436,8 +452,8 @@ def _parts(text: np.ndarray, box: Box, typical: float) -> list[Box]:
     for a, b in spans:
         lines = np.flatnonzero(band[:, a:b].any(axis=1))
         blocks.append((left + a, top + int(lines[0]), left + b, top + int(lines[-1]) + 1))
-    tall = [bl for bl in blocks if bl[3] - bl[1] >= 0.6 * typical]
-    if len(tall) < 2 or not _apart(tall, typical):
+    tall = [bl for bl in blocks if bl[3] - bl[1] >= 0.55 * typical]
+    if len(tall) < 2 or not (_apart(tall, typical) or _baselines_apart(text, tall, typical)):
         return [box]
     parts = list(tall)
     for bl in blocks:
@@ -447,14 +463,50 @@ def _parts(text: np.ndarray, box: Box, typical: float) -> list[Box]:
     return sorted(parts)
 
 
+def _without_borders(text: np.ndarray, bands: list[list[int]], typical: float) -> list[list[int]]:
+    """Bands without the dashed borders drawn round a row (Flipkart's dashed box round its invoice number): a flat
+    band (under 0.4 of a row) whose densest pixel row is inked over more than half of its width, at least four rows
+    wide, within the reach of a fragment (0.35 of a row) of a row's band. Joined to that row as an accent would be,
+    it made the crop half as tall again and the reader wrote dashes and garbage. A line of dashes standing alone
+    stays (a text row of hyphens)."""
+    def border(band: list[int]) -> bool:
+        if band[1] - band[0] >= 0.4 * typical:
+            return False
+        ink = text[band[0]:band[1]]
+        cols = np.flatnonzero(ink.any(axis=0))
+        width = cols[-1] - cols[0] + 1
+        densest = ink[int(np.argmax(ink.sum(axis=1)))]
+        if width < 4 * typical or np.count_nonzero(densest) <= 0.5 * width:
+            return False
+        # dashes or dots: many short runs of one length (the tops of a line of letters, cut off by a rule struck
+        # through them, are runs of every length)
+        runs = np.diff(_spans(densest, 1), axis=1).ravel()
+        return len(runs) >= 8 and runs.max() <= 0.5 * typical and runs.std() <= 0.35 * runs.mean()
+
+    def row(k: int) -> bool:
+        return 0 <= k < len(bands) and bands[k][1] - bands[k][0] >= 0.4 * typical
+
+    reach = 0.35 * typical
+    return [band for k, band in enumerate(bands)
+            if not (border(band) and ((row(k - 1) and band[0] - bands[k - 1][1] <= reach)
+                                      or (row(k + 1) and bands[k + 1][0] - band[1] <= reach)))]
+
+
 def _join_fragments(bands: list[list[int]], typical: float) -> list[list[int]]:
     """Fragments of a row (an i's dot, an accent, a comma's tail) sit within half a row of a taller band: join
     them."""
+    def small(band: Sequence[int]) -> bool:
+        return band[1] - band[0] < 0.4 * typical
+
     merged: list[list[int]] = []
-    for band in bands:
-        small = band[1] - band[0] < 0.4 * typical
-        if (merged and (small or merged[-1][1] - merged[-1][0] < 0.4 * typical)
-                and band[0] - merged[-1][1] <= 0.35 * typical):
+    for k, band in enumerate(bands):
+        gap = band[0] - merged[-1][1] if merged else np.inf
+        if (merged and (small(band) or small(merged[-1])) and gap <= 0.35 * typical
+                # a fragment at least as near a following fragment, the two as tall as a row of small type, goes
+                # with it, not up into a row: the tops of a line of small type, parted from the rest of its letters
+                # where a rule struck through them was taken out, are not the line above's
+                and not (small(band) and not small(merged[-1]) and k + 1 < len(bands) and small(bands[k + 1])
+                         and bands[k + 1][0] - band[1] <= gap and not small([band[0], bands[k + 1][1]]))):
             merged[-1][1] = band[1]
         else:
             merged.append(list(band))

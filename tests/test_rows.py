@@ -181,6 +181,52 @@ def test_segmenter_reads_blocks_set_at_different_heights_as_parts():
     assert np.array_equal(np.asarray(row_image(page, flat, unit)), np.asarray(crop))
 
 
+def test_segmenter_parts_a_cells_label_and_leaves_a_dashed_border_out():
+    """Segmenter v7, from the real pages that lost most. ZUGFeRD's Intarsys samples set a small label at the top of a
+    table cell beside the cell's large value ("Rechnungsnummer" over 471102): its middle is within 0.3 of a row of
+    the value's but its baseline is not, so the row is read in parts, the label cropped at its own size (the reader
+    wrote "Redhmungsrummer" at the row's). Flipkart's dashed box round its invoice number was joined to the row as an
+    accent is and the reader wrote garbage; a line of hyphens standing alone is still a row."""
+    from PIL import ImageDraw
+
+    from invoice_vlm.rows import segment_rows
+    from invoice_vlm.synth import get_font
+
+    page = _page([(40, "Ordinary line of text 123", "black", 20), (300, "------------------------------", "black", 20),
+                  (350, "Another ordinary line", "black", 20)])
+    draw = ImageDraw.Draw(page)
+    draw.text((60, 100), "80333 München", font=get_font("DejaVuSans", False, 24), fill="black")
+    draw.text((450, 100), "Rechnungsnummer", font=get_font("DejaVuSans", False, 16), fill="black")
+    draw.text((800, 100), "471102", font=get_font("DejaVuSans", False, 24), fill="black")
+    draw.text((80, 200), "Invoice No : # BLR_WFLD2015", font=get_font("DejaVuSans", False, 20), fill="black")
+    for x in range(50, 700, 9):  # the dashed box, close round the row: 6 px dashes, 3 px gaps, 2 px thick
+        draw.rectangle((x, 196, x + 5, 197), fill="black")
+        draw.rectangle((x, 226, x + 5, 227), fill="black")
+    for y in range(196, 228, 9):
+        draw.rectangle((50, y, 51, min(227, y + 5)), fill="black")
+        draw.rectangle((698, y, 699, min(227, y + 5)), fill="black")
+    rows = segment_rows(page)
+    assert len(rows) == 5, rows
+    cell, boxed, dashes = rows[1], rows[2], rows[3]
+    assert len(cell) == 3 and cell[0][2] < 400 < cell[1][0] and cell[1][2] < 780 < cell[2][0], cell
+    assert cell[1][3] < cell[2][3] - 4  # the label's own bottom, above the value's
+    assert len(boxed) == 1 and boxed[0][1] > 196 and boxed[0][3] < 226, boxed  # the text, not the dashes
+    assert dashes[0][1] <= 312 <= dashes[0][3]
+
+
+def test_fragments_of_a_struck_through_line_join_it_not_the_line_above():
+    """A rule struck through a line of small type (a ZUGFeRD sample's bank footer) is taken out with the rules,
+    which parts the tops of the line's letters from the rest: both are fragments (under 0.4 of a row) and the tops
+    went up into the line above, whose crop then held two lines. Fragments nearer each other than the line above,
+    together a row's height, are one row; a double rule's two pieces (together still flat) go with the line above
+    as before, and an accent band joins its line."""
+    from invoice_vlm.rows import _join_fragments
+
+    assert _join_fragments([[38, 55], [57, 63], [65, 74]], 25.0) == [[38, 55], [57, 74]]
+    assert _join_fragments([[18, 41], [46, 49], [50, 53], [61, 84]], 25.0) == [[18, 53], [61, 84]]
+    assert _join_fragments([[0, 5], [7, 30], [40, 63]], 25.0) == [[0, 30], [40, 63]]
+
+
 def test_segmenter_keeps_a_paragraph_of_light_type_whole():
     """A paragraph of thin light grey type with no dark letter near it (the AWS page's footnotes): each letter is
     smaller than the dust rule's square and was dropped as a speck unless a larger letter was near, so its lines
