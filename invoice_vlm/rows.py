@@ -255,6 +255,9 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     lines = _long_runs(ink, max(24, w // 25), axis=1) | _long_runs(ink, max(20, h // 40), axis=0)
     text = ink & ~lines
     if not noisy:
+        # light pixels are ink for lying next to dark ink (_ink), which a rule is too: beside a table's rules, a
+        # shaded row's grey made slivers as tall as the shading, and the row's crop took the shading's height
+        text &= dark | ~_grow(lines, 5)
         text = _reversed_type(text, dark, w)
     # A QR code falls apart into modules the size of letters, some joined, some not. It is found as a square
     # of page-scale size (1/17 of the width, larger than a heading's letter, smaller than any printed QR code)

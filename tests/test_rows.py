@@ -214,6 +214,28 @@ def test_segmenter_parts_a_cells_label_and_leaves_a_dashed_border_out():
     assert dashes[0][1] <= 312 <= dashes[0][3]
 
 
+def test_segmenter_cuts_a_shaded_table_row_at_its_type_not_its_shading():
+    """A zebra table's grey row between vertical rules (Hetzner's invoice): light pixels count as ink next to dark
+    ink, and next to a rule the grey made slivers as tall as the shading, so the row's crop took the shading's
+    height and its type came out small (the reader wrote "zusulitche"). Light pixels next to a rule are not ink."""
+    from PIL import ImageDraw
+
+    from invoice_vlm.synth import get_font
+
+    # a page's height: rules are runs of a 40th of it, longer than the shading is tall
+    page = _page([(40, "Ordinary line of text 123", "black", 20), (240, "Another ordinary line", "black", 20)],
+                 size=(1000, 2400))
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((40, 100, 900, 150), fill=(221, 221, 221))
+    for x in (40, 300, 900):
+        draw.rectangle((x, 60, x + 1, 190), fill="black")
+    draw.text((60, 112), "1 EQ4", font=get_font("DejaVuSans", False, 20), fill="black")
+    draw.text((320, 112), "#57811, 30 TB, 78.46.77.79", font=get_font("DejaVuSans", False, 20), fill="black")
+    boxes = segment(page)
+    assert len(boxes) == 3, boxes
+    assert 103 < boxes[1][1] and boxes[1][3] < 147, boxes[1]  # the type's height, not the shading's (100-150)
+
+
 def test_fragments_of_a_struck_through_line_join_it_not_the_line_above():
     """A rule struck through a line of small type (a ZUGFeRD sample's bank footer) is taken out with the rules,
     which parts the tops of the line's letters from the rest: both are fragments (under 0.4 of a row) and the tops
