@@ -252,12 +252,18 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     noisy = noisy_paper(gray, hist) if noisy is None else noisy
     dark, ink = _ink(gray, noisy, hist)
     h, w = ink.shape
-    lines = _long_runs(ink, max(24, w // 25), axis=1) | _long_runs(ink, max(20, h // 40), axis=0)
+    across, down = max(24, w // 25), max(20, h // 40)
+    columns = _long_runs(ink, down, axis=0)
+    lines = _long_runs(ink, across, axis=1) | columns
     text = ink & ~lines
     if not noisy:
         # light pixels are ink for lying next to dark ink (_ink), which a rule is too: beside a table's rules, a
-        # shaded row's grey made slivers as tall as the shading, and the row's crop took the shading's height
-        text &= dark | ~_grow(lines, 5)
+        # shaded row's grey made slivers as tall as the shading, and the row's crop took the shading's height.
+        # Rules across the page are runs of dark pixels here (in a shaded band at 100 dpi, the grey grown round a
+        # heading's letters makes runs of ink as long as a rule); rules down it, runs of ink three times the
+        # shortest (a large digit's stem can be a run of the shortest).
+        rules = _long_runs(dark, across, axis=1) | _long_runs(columns, 3 * down, axis=0)
+        text &= dark | ~_grow(rules, 5)
         text = _reversed_type(text, dark, w)
     # A QR code falls apart into modules the size of letters, some joined, some not. It is found as a square
     # of page-scale size (1/17 of the width, larger than a heading's letter, smaller than any printed QR code)

@@ -228,7 +228,7 @@ def test_segmenter_cuts_a_shaded_table_row_at_its_type_not_its_shading():
     draw = ImageDraw.Draw(page)
     draw.rectangle((40, 100, 900, 150), fill=(221, 221, 221))
     for x in (40, 300, 900):
-        draw.rectangle((x, 60, x + 1, 190), fill="black")
+        draw.rectangle((x, 60, x + 1, 400), fill="black")  # a table's rules, down past its rows
     draw.text((60, 112), "1 EQ4", font=get_font("DejaVuSans", False, 20), fill="black")
     draw.text((320, 112), "#57811, 30 TB, 78.46.77.79", font=get_font("DejaVuSans", False, 20), fill="black")
     boxes = segment(page)
