@@ -679,6 +679,29 @@ def _dayfirst_for(text: str, locale_hint: str | None) -> bool | None:
     return False if marks and marks.most_common(1)[0][0] == "USD" else None
 
 
+# Party headings long enough that one misread letter still names them ("Verkäiufer:", "Käufez/Leistungsempfänger:"):
+# a row that is such a heading alone, one letter off (two from 16 letters on), is read as the heading. Only whole
+# rows, so that a word in running text is never taken for a heading.
+_PARTY_HEADINGS = ("verkäufer", "lieferant", "absender", "supplier", "rechnungsersteller", "rechnungssteller",
+                   "fournisseur", "proveedor", "fornitore", "leverancier", "customer", "rechnungsempfänger",
+                   "rechnungsadresse", "käufer/leistungsempfänger", "leistungsempfänger", "destinatario")
+_LONE_HEADING = re.compile(r"^([^\W\d_][^\s:]{6,40}):?$")
+
+
+def _lone_label(row: str) -> str:
+    """``row``, or the party heading it is with one letter misread (see _PARTY_HEADINGS)."""
+    m = _LONE_HEADING.match(row)
+    if not m or _LABEL_RES["vendor"].match(row) or _LABEL_RES["customer"].match(row):
+        return row
+    from rapidfuzz.distance import Levenshtein
+
+    word = m.group(1).lower()
+    for heading in _PARTY_HEADINGS:
+        if Levenshtein.distance(word, heading, score_cutoff=2) <= (2 if len(heading) >= 16 else 1):
+            return heading + ":"
+    return row
+
+
 def fields_from_text(text: str, locale_hint: str | None = None) -> dict[str, str]:
     """Key fields read from a plain transcription (rows separated by newlines) by label words in English,
     German, French, Spanish, Italian and Dutch; a reasonable baseline for OCR engines, not a parser.
@@ -695,7 +718,7 @@ def fields_from_text(text: str, locale_hint: str | None = None) -> dict[str, str
       means month-first, another locale day-first; without one, unambiguous numeric dates on the page, then a
       dollar currency, decide). Other values are as printed.
     """
-    rows = [r for r in (" ".join(line.split()) for line in text.splitlines()) if r]
+    rows = [_lone_label(r) for r in (" ".join(line.split()) for line in text.splitlines()) if r]
     dayfirst = _dayfirst_for(text, locale_hint)
     found: dict[str, str] = {}
     vendor_done = False  # the first-row guess is made (or a "From" heading made it moot)
