@@ -691,8 +691,8 @@ _LONE_HEADING = re.compile(r"^([^\W\d_][^\s:]{6,40}):?$")
 def _lone_label(row: str) -> str:
     """``row``, or the party heading it is with one letter misread (see _PARTY_HEADINGS)."""
     m = _LONE_HEADING.match(row)
-    if not m or _LABEL_RES["vendor"].match(row) or _LABEL_RES["customer"].match(row):
-        return row
+    if not m or any((e := _LABEL_RES[kind].match(row)) and e.end() >= m.end(1) for kind in ("vendor", "customer")):
+        return row  # not a lone word, or a heading as it is ("Käufer/teistungsempfänger:" reads "Käufer" only)
     from rapidfuzz.distance import Levenshtein
 
     word = m.group(1).lower()

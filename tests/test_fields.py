@@ -404,6 +404,8 @@ def test_fields_from_text_reads_a_party_heading_with_one_letter_misread():
     assert far.get("vendor") != "Lieferant GmbH" and far.get("customer") != "Kunden AG Mitte"
     assert F._lone_label("Die Lieferanten kommen") == "Die Lieferanten kommen"
     assert F._lone_label("Custome:") == "customer:" and F._lone_label("Kaffeebohnen") == "Kaffeebohnen"
+    assert F._lone_label("Käufer/teistungsempfänger:") == "käufer/leistungsempfänger:"  # not "Käufer" and a value
+    assert F._lone_label("Verkäufer:") == "Verkäufer:"
 
 
 def test_fields_from_text_month_first_pages_and_titles():
