@@ -253,17 +253,25 @@ def text_mask(gray: np.ndarray, noisy: bool | None = None, hist: np.ndarray | No
     dark, ink = _ink(gray, noisy, hist)
     h, w = ink.shape
     across, down = max(24, w // 25), max(20, h // 40)
-    columns = _long_runs(ink, down, axis=0)
-    lines = _long_runs(ink, across, axis=1) | columns
+    rows, columns = _long_runs(ink, across, axis=1), _long_runs(ink, down, axis=0)
+    lines = rows | columns
     text = ink & ~lines
     if not noisy:
         # light pixels are ink for lying next to dark ink (_ink), which a rule is too: beside a table's rules, a
         # shaded row's grey made slivers as tall as the shading, and the row's crop took the shading's height.
         # Rules across the page are runs of dark pixels here (in a shaded band at 100 dpi, the grey grown round a
         # heading's letters makes runs of ink as long as a rule); rules down it, runs of ink three times the
-        # shortest (a large digit's stem can be a run of the shortest).
-        rules = _long_runs(dark, across, axis=1) | _long_runs(columns, 3 * down, axis=0)
-        text &= dark | ~_grow(rules, 5)
+        # shortest (a large digit's stem can be a run of the shortest). Each found only in the pixel rows (columns)
+        # that hold a run of ink that long: a run along one never depends on another, and few hold one.
+        rules = np.zeros_like(ink)
+        held = np.flatnonzero(rows.any(axis=1))
+        if len(held):
+            rules[held] = _long_runs(np.ascontiguousarray(dark[held]), across, axis=1)
+        held = np.flatnonzero(columns.any(axis=0))
+        if len(held):
+            rules[:, held] |= _long_runs(np.ascontiguousarray(columns[:, held]), 3 * down, axis=0)
+        if rules.any():
+            text &= dark | ~_grow(rules, 5)
         text = _reversed_type(text, dark, w)
     # A QR code falls apart into modules the size of letters, some joined, some not. It is found as a square
     # of page-scale size (1/17 of the width, larger than a heading's letter, smaller than any printed QR code)
