@@ -26,7 +26,7 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
 
 
 # Bumped whenever segment() cuts rows differently: cached training rows (pretraining's row banks) are keyed by it.
-SEGMENTER_VERSION = 7
+SEGMENTER_VERSION = 8
 
 
 # Pixel operations: OpenCV where it is installed (a dependency; 5-10x faster than scipy.ndimage on a page), and
@@ -709,10 +709,21 @@ def page_quad(gray: np.ndarray) -> np.ndarray | None:
 def rectify(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
     """A photographed page (``page_quad``) warped flat: its four corners to a rectangle of the sides' lengths.
     Rows that a perspective set at different slopes across the page are level again, which one deskew angle cannot
-    do. Returns the page and the 3 x 3 map from the given image's pixels to it (the identity when unchanged)."""
+    do. A photo with no sheet to find but a shadow across its paper is lit evenly alone. Returns the page and the
+    3 x 3 map from the given image's pixels to it (the identity when not warped)."""
     gray = np.asarray(image.convert("L"))
     quad = page_quad(gray)
     if quad is None:
+        if _opencv() and noisy_paper(gray):
+            # no sheet found (the paper runs off the photo), but a shadow across it, which no threshold survives: lit
+            # evenly alone. A shadow is told from dark bands and logos by its size: at a sixteenth of the page
+            # under a 15 x 15 maximum (a quarter of its width) only the paper's light is left, dark where a shadow
+            # falls; a scan's is one grey.
+            h, w = gray.shape
+            coarse = cv2.dilate(cv2.resize(gray, (max(1, w // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA),
+                                np.ones((15, 15), np.uint8))
+            if np.percentile(coarse, 5) < 0.8 * np.percentile(coarse, 95):
+                return Image.fromarray(_evened(gray, _paper_light(gray))), np.eye(3)
         return image, np.eye(3)
     tl, tr, br, bl = quad
     width = int(round(max(np.linalg.norm(tr - tl), np.linalg.norm(br - bl))))
@@ -722,13 +733,22 @@ def rectify(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
     flat = cv2.warpPerspective(gray, matrix, (width, height), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
     # and lit evenly: a photo's light falls off across the page and a shadow darkens a side, so the paper is two
-    # greys and Otsu's threshold fell between them. The paper's own light, at an eighth of the size (the type gone
-    # under a 9 x 9 maximum), smoothed and scaled back, divides the page.
-    small = cv2.resize(flat, (max(1, width // 8), max(1, height // 8)), interpolation=cv2.INTER_AREA)
+    # greys and Otsu's threshold fell between them
+    return Image.fromarray(_evened(flat, _paper_light(flat))), matrix.astype(np.float64)
+
+
+def _paper_light(gray: np.ndarray) -> np.ndarray:
+    """The paper's own light: at an eighth of the size, the type gone under a 9 x 9 maximum, smoothed and scaled
+    back (float32, the image's size)."""
+    height, width = gray.shape
+    small = cv2.resize(gray, (max(1, width // 8), max(1, height // 8)), interpolation=cv2.INTER_AREA)
     light = cv2.GaussianBlur(cv2.dilate(small, np.ones((9, 9), np.uint8)), (0, 0), 3)
-    light = cv2.resize(light, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    even = np.clip(flat.astype(np.float32) * (255.0 / np.maximum(light, 1.0)), 0, 255).astype(np.uint8)
-    return Image.fromarray(even), matrix.astype(np.float64)
+    return cv2.resize(light, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
+def _evened(gray: np.ndarray, light: np.ndarray) -> np.ndarray:
+    """The page divided by its paper's light: the paper one white."""
+    return np.clip(gray.astype(np.float32) * (255.0 / np.maximum(light, 1.0)), 0, 255).astype(np.uint8)
 
 
 def deskew(image: Image.Image, angle: float | None = None, most: float = 3.0) -> Image.Image:

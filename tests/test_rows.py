@@ -458,6 +458,32 @@ def test_rectify_flattens_a_photographed_page_and_leaves_renders_alone():
     assert page_quad(np.asarray(banded.convert("L"))) is None
 
 
+def test_rectify_evens_a_hard_shadow_on_a_sheet_that_fills_the_photo():
+    """A photo whose paper runs off the image has no sheet's corners to find, and a hard shadow across it left the
+    shaded half's paper darker than any threshold between paper and ink (`bench segment --augment photo`: one page
+    held 161 of the 258 extra boxes, its rows found along the shadow's edge). Such a page is lit evenly alone; a
+    scan's evenly lit noisy paper and a render are left as they are."""
+    from invoice_vlm.rows import page_quad, rectify
+
+    page = _page([(60 + 40 * k, f"Row {k} of a photographed invoice, 1,234.50 EUR and more of it, line {k}", "black",
+                   22) for k in range(12)],
+                 size=(1000, 620))
+    rng = np.random.default_rng(0)
+    paper = np.asarray(page.convert("L")).astype(np.float32) + rng.normal(0, 6, (620, 1000))
+    scan = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8))
+    shade = np.ones((620, 1000), np.float32)
+    shade[:, :450] = 0.55  # the left of the sheet in shadow
+    photo = Image.fromarray(np.clip(paper * shade, 0, 255).astype(np.uint8))
+    assert page_quad(np.asarray(photo)) is None
+    flat, matrix = rectify(photo)
+    assert flat is not photo and np.allclose(matrix, np.eye(3))
+    boxes = segment(deskew(flat))
+    assert len(boxes) == 12 and all(b[0] < 100 and b[2] > 800 for b in boxes), boxes
+    shaded = segment(deskew(photo))
+    assert len(shaded) != 12 or not all(b[0] < 100 and b[2] > 800 for b in shaded)
+    assert rectify(scan)[0] is scan and rectify(page)[0] is page
+
+
 def test_deskew_finds_the_angle_a_page_was_turned(row_pages):
     s = read_split(row_pages, "test")[0]
     page = Image.open(s.image).convert("RGB")
