@@ -480,6 +480,14 @@ def _parts(text: np.ndarray, box: Box, typical: float) -> list[Box]:
     return sorted(parts)
 
 
+_REACH = 0.35  # how near (rows) a fragment sits to the band it belongs to
+
+
+def _fragment(band: Sequence[int], typical: float) -> bool:
+    """A band under 0.4 of a row: an accent's, a dot's, a dashed border's, not a row of type."""
+    return band[1] - band[0] < 0.4 * typical
+
+
 def _without_borders(text: np.ndarray, bands: list[list[int]], typical: float) -> list[list[int]]:
     """Bands without the dashed borders drawn round a row (Flipkart's dashed box round its invoice number): a flat
     band (under 0.4 of a row) whose densest pixel row is inked over more than half of its width, at least four rows
@@ -487,7 +495,7 @@ def _without_borders(text: np.ndarray, bands: list[list[int]], typical: float) -
     it made the crop half as tall again and the reader wrote dashes and garbage. A line of dashes standing alone
     stays (a text row of hyphens)."""
     def border(band: list[int]) -> bool:
-        if band[1] - band[0] >= 0.4 * typical:
+        if not _fragment(band, typical):
             return False
         ink = text[band[0]:band[1]]
         cols = np.flatnonzero(ink.any(axis=0))
@@ -501,9 +509,9 @@ def _without_borders(text: np.ndarray, bands: list[list[int]], typical: float) -
         return len(runs) >= 8 and runs.max() <= 0.5 * typical and runs.std() <= 0.35 * runs.mean()
 
     def row(k: int) -> bool:
-        return 0 <= k < len(bands) and bands[k][1] - bands[k][0] >= 0.4 * typical
+        return 0 <= k < len(bands) and not _fragment(bands[k], typical)
 
-    reach = 0.35 * typical
+    reach = _REACH * typical
     return [band for k, band in enumerate(bands)
             if not (border(band) and ((row(k - 1) and band[0] - bands[k - 1][1] <= reach)
                                       or (row(k + 1) and bands[k + 1][0] - band[1] <= reach)))]
@@ -513,12 +521,12 @@ def _join_fragments(bands: list[list[int]], typical: float) -> list[list[int]]:
     """Fragments of a row (an i's dot, an accent, a comma's tail) sit within half a row of a taller band: join
     them."""
     def small(band: Sequence[int]) -> bool:
-        return band[1] - band[0] < 0.4 * typical
+        return _fragment(band, typical)
 
     merged: list[list[int]] = []
     for k, band in enumerate(bands):
         gap = band[0] - merged[-1][1] if merged else np.inf
-        if (merged and (small(band) or small(merged[-1])) and gap <= 0.35 * typical
+        if (merged and (small(band) or small(merged[-1])) and gap <= _REACH * typical
                 # a fragment at least as near a following fragment, the two as tall as a row of small type, goes
                 # with it, not up into a row: the tops of a line of small type, parted from the rest of its letters
                 # where a rule struck through them was taken out, are not the line above's
