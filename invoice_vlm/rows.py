@@ -26,7 +26,7 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
 
 
 # Bumped whenever segment() cuts rows differently: cached training rows (pretraining's row banks) are keyed by it.
-SEGMENTER_VERSION = 8
+SEGMENTER_VERSION = 9
 
 
 # Pixel operations: OpenCV where it is installed (a dependency; 5-10x faster than scipy.ndimage on a page), and
@@ -424,6 +424,10 @@ def segment_rows(image: Image.Image) -> list[list[Box]]:
                     # rules: no row of type is that flat
                     continue
                 left, right = _ink_span(text[top:bottom, left:right], height, left)
+                if noisy and height < 0.5 * typical and ink < 0.1 * height * (right - left):
+                    # two such pieces of a rule a few pixels apart, joined as an accent joins its letter: as flat
+                    # as small type, but a tenth ink where a line of letters is a fifth and more
+                    continue
                 kept.append((left, top, right, bottom))
             if len(kept) == 1:
                 kept = _parts(text, kept[0], typical)
@@ -680,14 +684,37 @@ def page_quad(gray: np.ndarray) -> np.ndarray | None:
     """The paper's four corners (top left, top right, bottom right, bottom left; pixels) when the page lies on a
     darker ground, as in a photo; None for a scan or a render (the paper is the whole image). Found on the image at
     about 500 pixels: Otsu's threshold, the largest bright shape (gaps of text closed), its outline simplified to
-    four corners. Guards, so that a rendered page is never warped: the shape is convex, at least half the image,
-    its corners within 20 degrees of square, and three of them lie off the image's own (Coolblue's page, bright
-    down to a blue footer band as wide as the page, keeps its top corners). Needs OpenCV."""
+    four corners; failing that, the same on the image lit evenly (``_lit_evenly``: where the light falls off across
+    a sheet or a shadow darkens a side, the far paper is as dark as the near ground). Guards, so that a rendered page
+    is never warped: the shape is convex, at least half the image, its corners within 20 degrees of square, three of
+    them off the image's own (Coolblue's page, bright down to a blue footer band as wide as the page, keeps its top
+    corners), and each side a sharp edge (``_sharp_side``: not a shadow's). Needs OpenCV."""
     if not _opencv():
         return None
     h, w = gray.shape
     s = max(1, round(max(h, w) / 500))
     small = np.ascontiguousarray(gray[::s, ::s])  # every s-th pixel: the paper's outline needs no more
+    for seen in (small, None):
+        quad = _quad(_lit_evenly(small) if seen is None else seen, gray, s)
+        if quad is not None:
+            return quad
+    return None
+
+
+def _lit_evenly(small: np.ndarray) -> np.ndarray:
+    """A photo at about 500 pixels divided by its paper's light: the light at a quarter of that size under a 13 x 13
+    maximum, which reaches across the ground around a sheet (at most 6% of the image wide in the ``photo``
+    preset, 24 of these pixels) to the paper, so the ground stays darker than the paper beside it."""
+    h, w = small.shape
+    coarse = cv2.dilate(cv2.resize(small, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA),
+                        np.ones((13, 13), np.uint8))
+    light = cv2.resize(cv2.GaussianBlur(coarse, (0, 0), 2), (w, h), interpolation=cv2.INTER_LINEAR)
+    return _evened(small, light.astype(np.float32))
+
+
+def _quad(small: np.ndarray, gray: np.ndarray, s: int) -> np.ndarray | None:
+    """``page_quad``'s search on ``small`` (``gray`` at every ``s``-th pixel), with its guards."""
+    h, w = gray.shape
     _, paper = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     paper = cv2.morphologyEx(paper, cv2.MORPH_CLOSE, np.ones((8, 8), np.uint8))
     contours, _ = cv2.findContours(paper, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -711,7 +738,38 @@ def page_quad(gray: np.ndarray) -> np.ndarray | None:
                for a, b in zip(sides, np.roll(sides, -1, axis=0))]
     if max(cosines) > np.sin(np.radians(20)):
         return None
+    if not all(_sharp_side(gray, quad[i], quad[(i + 1) % 4], quad.mean(axis=0)) for i in range(4)):
+        return None
     return quad
+
+
+def _sharp_side(gray: np.ndarray, p: np.ndarray, q: np.ndarray, centre: np.ndarray) -> bool:
+    """Whether the side p-q of a found quad is the paper's edge: along it, the ground just outside (half a percent
+    to two percent of the page off the side: the outline is simplified, so the edge may lie a little further out)
+    is darker than the paper just inside, by a fifth at least. A shadow's edge, which Otsu's threshold follows
+    where a shadow falls across the sheet, is soft: there the two are about one grey. A side along the image's own
+    border has nothing outside to judge and passes."""
+    h, w = gray.shape
+    step = q - p
+    normal = np.array([-step[1], step[0]]) / (np.linalg.norm(step) + 1e-9)
+    if np.dot(centre - p, normal) < 0:
+        normal = -normal
+    off = 0.005 * max(h, w)
+
+    def grey(x: np.ndarray) -> float | None:  # the median of a 5 x 5 patch, None off the image
+        ix, iy = np.round(x).astype(int)
+        if not (2 <= ix < w - 2 and 2 <= iy < h - 2):
+            return None
+        return float(np.median(gray[iy - 2:iy + 3, ix - 2:ix + 3]))
+
+    ratios = []
+    for t in np.linspace(0.1, 0.9, 17):
+        x = p + t * step
+        inside = grey(x + normal * off)
+        outside = [v for v in (grey(x - normal * k * off) for k in (1, 2, 4)) if v is not None]
+        if inside is not None and outside:
+            ratios.append(min(outside) / max(inside, 1.0))
+    return len(ratios) < 5 or float(np.median(ratios)) < 0.8
 
 
 def rectify(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
@@ -742,7 +800,12 @@ def rectify(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
                                borderMode=cv2.BORDER_REPLICATE)
     # and lit evenly: a photo's light falls off across the page and a shadow darkens a side, so the paper is two
     # greys and Otsu's threshold fell between them
-    return Image.fromarray(_evened(flat, _paper_light(flat))), matrix.astype(np.float64)
+    flat = _evened(flat, _paper_light(flat))
+    # the corners are found to a few pixels, so a sliver of the ground may lie along a side, read as a rule or a row;
+    # a sheet's own margin is wider than a percent of it, so that strip is blanked
+    edge = max(1, round(0.01 * max(width, height)))
+    flat[:edge], flat[-edge:], flat[:, :edge], flat[:, -edge:] = 255, 255, 255, 255
+    return Image.fromarray(flat), matrix.astype(np.float64)
 
 
 def _paper_light(gray: np.ndarray) -> np.ndarray:
