@@ -48,6 +48,9 @@ def test_synth_train_eval_predict(tmp_path, tiny_model, text_dataset):
     assert json.loads((tmp_path / "ev" / "ter.json").read_text()).keys() == {"score", "num_edits", "ref_length"}
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert {"cer", "wer", "chrf", "signatures"} <= metrics.keys()
+    from invoice_vlm.infer import default_dtype
+
+    assert metrics["dtype"] == default_dtype("cpu")  # what it read in, beside what it measured
     preds = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert [p.keys() for p in preds] == [{"id", "reference", "prediction", "cer", "fields"}] * 3
     assert (tmp_path / "ev" / "report.html").is_file() and (tmp_path / "ev" / "fields.json").is_file()

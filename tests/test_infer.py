@@ -98,6 +98,25 @@ def test_int8_quantises_the_linear_layers_and_still_generates(engine, tiny_model
         Predictor.from_pretrained(str(tiny_model), device="cuda", quantize="int8")
 
 
+
+def test_a_model_reads_in_bf16_where_the_cpu_computes_in_it(monkeypatch, tiny_model):
+    """bf16 on a GPU and on a CPU with bf16 arithmetic (AVX512-BF16 or AMX), fp32 on other CPUs (emulated bf16 is
+    slower) and under int8; ``dtype`` given wins. Eval records the dtype it read in."""
+    import torch
+
+    from invoice_vlm.infer import default_dtype
+
+    assert default_dtype("cuda") == default_dtype("cuda:1") == "bf16"
+    for avx512, amx, want in ((False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert default_dtype("cpu") == want
+    assert Predictor.from_pretrained(str(tiny_model), device="cpu").model.dtype == torch.bfloat16
+    assert Predictor.from_pretrained(str(tiny_model), device="cpu", dtype="fp32").model.dtype == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert Predictor.from_pretrained(str(tiny_model), device="cpu").model.dtype == torch.float32
+
 def test_images_of_every_mode_become_rgb_on_white():
     ink_grey = 40
     base = Image.new("L", (40, 20), 255)
@@ -226,6 +245,7 @@ def test_ctc_head_reads_rows_in_one_pass_whatever_their_batch(row_model, row_mod
     assert texts[7] == texts[1] and texts[1024] == texts[1]
     # the best path by hand: argmax per frame over the row's own columns, repeats collapsed, blanks dropped
     batch = row_batch(rows[:1], None, pred.processor.tokenizer, pred.unit, pred.model.config.image_token_index)
+    batch["pixel_values"] = batch["pixel_values"].to(pred.model.dtype)  # bf16 on a CPU with bf16 arithmetic
     from invoice_vlm.models import row_model_inputs
 
     with torch.no_grad():
@@ -295,6 +315,7 @@ def test_rescore_picks_among_the_heads_readings_by_both_scores_whatever_the_batc
     assert texts[7] == texts[1] and texts[1024] == texts[1] and sum(scored) > 0
     tok = pred.processor.tokenizer
     batch = row_batch(rows[:4], None, tok, pred.unit, pred.model.config.image_token_index)
+    batch["pixel_values"] = batch["pixel_values"].to(pred.model.dtype)  # bf16 on a CPU with bf16 arithmetic
     with torch.no_grad():
         tokens = row_image_tokens(pred.model, batch)
         nbest = pred.ctc_head.nbest(tokens, batch["image_columns"], infer.RESCORE_BEAM, infer.RESCORE_MARGIN)

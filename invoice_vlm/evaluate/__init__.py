@@ -465,14 +465,16 @@ def make_predictor(cfg: EvalConfig, samples: list, info: dict[str, Any]):
                                             if cfg.engine == "tesseract" else {}))
         info["engine_version"] = engine.version()
         return engine
-    from ..infer import Predictor, load_ctc_head
+    from ..common import torch_dtype
+    from ..infer import Predictor, default_dtype, load_ctc_head
     from ..models import load
 
-    model, processor = load(cfg.model)
+    dtype = default_dtype("cpu")
+    model, processor = load(cfg.model, dtype=torch_dtype(dtype))
     max_new = cfg.max_new_tokens or max_new_tokens_for(processor, [reference_for(s, cfg.task) for s in samples])
     predictor = Predictor(model, processor, max_new_tokens=max_new, batch_size=cfg.batch_size,
                           ctc_head=load_ctc_head(cfg.model, model), decode=cfg.decode, workers=cfg.workers)
-    info.update(model=cfg.model, max_new_tokens=max_new,
+    info.update(model=cfg.model, dtype=dtype, max_new_tokens=max_new,
                 **({"decode": predictor.decode} if predictor.unit else {}))
     return predictor
 
