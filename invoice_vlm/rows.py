@@ -694,11 +694,8 @@ def page_quad(gray: np.ndarray) -> np.ndarray | None:
     h, w = gray.shape
     s = max(1, round(max(h, w) / 500))
     small = np.ascontiguousarray(gray[::s, ::s])  # every s-th pixel: the paper's outline needs no more
-    for seen in (small, None):
-        quad = _quad(_lit_evenly(small) if seen is None else seen, gray, s)
-        if quad is not None:
-            return quad
-    return None
+    quad = _quad(small, gray, s)
+    return quad if quad is not None else _quad(_lit_evenly(small), gray, s)
 
 
 def _lit_evenly(small: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ RESCORE_BEAM, RESCORE_MARGIN, RESCORE_CTC_WEIGHT, RESCORE_LENGTH_BONUS = 8, 3.0,
 def default_dtype(device: str) -> str:
     """The dtype a model reads in unless told: bf16 on a GPU, and on a CPU that computes in bf16 itself (AVX512-BF16
     or AMX): invoice-vlm-tiny's weights are bf16, and there it reads 1.7x faster than in fp32 with the same page
-    figures (docs/measurements.md). fp32 on other CPUs, which would emulate bf16 more slowly than fp32 runs."""
+    figures (docs/embedded-model.md section 7). fp32 on other CPUs, which would emulate bf16 more slowly."""
     if device.startswith("cuda"):
         return "bf16"
     cpu = getattr(torch, "cpu", None)  # (private probes: a torch without them reads in fp32)
