@@ -390,12 +390,11 @@ def union(parts: Sequence[Box]) -> Box:
     return (min(p[0] for p in parts), min(p[1] for p in parts), max(p[2] for p in parts), max(p[3] for p in parts))
 
 
-def segment_rows(image: Image.Image, noisy: bool | None = None) -> list[list[Box]]:
-    """Text rows of a page, top to bottom, each as the boxes of its parts (one for most rows; see ``_parts``).
-    ``noisy``: ``noisy_paper`` of the page, when the caller has it."""
+def segment_rows(image: Image.Image) -> list[list[Box]]:
+    """Text rows of a page, top to bottom, each as the boxes of its parts (one for most rows; see ``_parts``)."""
     gray = np.asarray(image.convert("L"))
     hist = _histogram(gray)
-    noisy = noisy_paper(gray, hist) if noisy is None else noisy
+    noisy = noisy_paper(gray, hist)
     text = text_mask(gray, noisy, hist)
     profile = text.sum(axis=1)
     if noisy:
@@ -866,32 +865,20 @@ def _rotate(image: Image.Image, angle: float) -> Image.Image:
     return Image.fromarray(out)
 
 
-def reading_width(unit: ReadingUnit) -> int:
-    """How wide a row of a clean page may be when it is read, not trained on: twice the unit's ``max_width``. The
-    reader trained on rows squeezed to ``max_width``, but its tower is convolutional and its head reads column by
-    column, and a 130-character row squeezed to 1,536 px lost its letters (real invoices: CER 3.65% -> 3.59%, BLEU
-    0.851 -> 0.855 read at their width; docs/embedded-model.md section 7). Twice keeps a row's image tokens and text
-    within the decoder's 1,024 positions; wider rows are squeezed to it."""
-    return 2 * unit.max_width
-
-
-def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit,
-              max_width: int | None = None) -> Image.Image:
-    """The crop scaled to the unit's height (greyscale kept as RGB, which image processors expect), squeezed to
-    ``max_width`` (default the unit's, as training cuts rows; reading passes ``reading_width``) when wider. A row in
-    parts (``segment_rows``; a flat sequence of four numbers a part, as training records store it): each part scaled
-    to the height, side by side, then as one crop."""
-    most = max_width or unit.max_width
+def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit) -> Image.Image:
+    """The crop scaled to the unit's height (greyscale kept as RGB, which image processors expect). A row in parts
+    (``segment_rows``; a flat sequence of four numbers a part, as training records store it): each part scaled to
+    the height, side by side, then as one crop."""
     flat = [v for b in box for v in (b if isinstance(b, (tuple, list)) else [b])]
     if len(flat) > 4:
-        pieces = [row_image(image, tuple(flat[i:i + 4]), unit, most).convert("L") for i in range(0, len(flat), 4)]
+        pieces = [row_image(image, tuple(flat[i:i + 4]), unit).convert("L") for i in range(0, len(flat), 4)]
         joined = Image.new("L", (sum(p.width for p in pieces), unit.height), 255)
         x = 0
         for p in pieces:
             joined.paste(p, (x, 0))
             x += p.width
-        if joined.width > most:
-            joined = joined.resize((most, unit.height), Image.Resampling.BILINEAR)
+        if joined.width > unit.max_width:
+            joined = joined.resize((unit.max_width, unit.height), Image.Resampling.BILINEAR)
         return joined.convert("RGB")
     crop = image.crop(tuple(flat)).convert("L")
     if np.median(np.asarray(crop)) < 128:
@@ -900,7 +887,7 @@ def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit,
         crop = ImageOps.invert(crop)
     crop = _without_rules(crop)
     w, h = crop.size
-    width = max(unit.multiple, min(most, round(w * unit.height / max(1, h))))
+    width = max(unit.multiple, min(unit.max_width, round(w * unit.height / max(1, h))))
     return crop.resize((width, unit.height), Image.Resampling.BILINEAR).convert("RGB")
 
 
@@ -940,16 +927,10 @@ def _without_rules(crop: Image.Image) -> Image.Image:
 
 def page_rows(image: Image.Image, unit: ReadingUnit) -> list[np.ndarray]:
     """A page as the row reader takes it: a photo warped flat, deskewed, cut into rows, each cropped and scaled to
-    the unit's height (uint8 grey; a clean page's rows at most ``reading_width`` wide, a noisy one's the unit's
-    ``max_width``), top to bottom. The engine's whole preparation of a page, in its process or in worker
+    the unit (uint8 grey), top to bottom. The engine's whole preparation of a page, in its process or in worker
     processes."""
     image = deskew(rectify(image)[0])
-    gray = np.asarray(image.convert("L"))
-    noisy = noisy_paper(gray)
-    # a scan's or a photo's wide rows stay squeezed, as their training rows were: read at their width, the `scan`
-    # test pages lost 0.6 points of CER (29.6% -> 30.2%), where clean ones gained (docs/embedded-model.md section 7)
-    most = unit.max_width if noisy else reading_width(unit)
-    return [np.asarray(row_image(image, parts, unit, most).convert("L")) for parts in segment_rows(image, noisy)]
+    return [np.asarray(row_image(image, parts, unit).convert("L")) for parts in segment_rows(image)]
 
 
 def prepare_worker() -> None:

@@ -567,29 +567,6 @@ def test_a_scans_rule_left_in_two_sparse_strands_is_no_row():
     assert _rows_at(boxes, [51, 91, 131, 171, 211, 251, 306]) == [1] * 7, boxes
 
 
-def test_a_row_is_read_at_its_width_up_to_twice_what_training_squeezes_to():
-    """Training squeezes a row to the unit's max_width; reading keeps a clean page's row at its aspect up to twice
-    that (``reading_width``): a 130-character row squeezed to 1,536 px lost its letters. Wider rows are squeezed to
-    it; a scan's rows stay squeezed (read at their width, the `scan` test pages read worse)."""
-    from invoice_vlm.models.rows import ReadingUnit
-    from invoice_vlm.rows import page_rows, reading_width, row_image
-
-    unit = ReadingUnit(unit="row", height=32, max_width=512, multiple=16, grayscale=True)
-    assert reading_width(unit) == 1024
-    page = _page([(40, "A long row of small type, " * 3, "black", 14)], size=(1000, 120))
-    (row,) = page_rows(page, unit)
-    assert 512 < row.shape[1] <= 1024 and row.shape[0] == 32
-    box = (50, 30, 950, 60)
-    assert row_image(page, box, unit).size == (512, 32)  # as training cuts it
-    assert row_image(page, box, unit, reading_width(unit)).size[0] == round(900 * 32 / 30)
-    assert row_image(page, (0, 30, 1000, 45), unit, reading_width(unit)).size == (1024, 32)  # squeezed to it
-    # a noisy page's (a scan's) rows stay squeezed as their training rows were
-    rng = np.random.default_rng(0)
-    gray = np.asarray(page.convert("L")).astype(float) - np.abs(rng.normal(0, 5, (120, 1000)))
-    (row,) = page_rows(Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8)), unit)
-    assert row.shape == (32, 512)
-
-
 def test_deskew_finds_the_angle_a_page_was_turned(row_pages):
     s = read_split(row_pages, "test")[0]
     page = Image.open(s.image).convert("RGB")

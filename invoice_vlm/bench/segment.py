@@ -421,7 +421,7 @@ def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 
     against the page's reference, next to the same page read through the segmenter (``Predictor.predict``): what
     the segmenter costs. Manifests only (the page references come from them)."""
     from ..infer import Predictor
-    from ..rows import _padded, reading_width, row_image
+    from ..rows import _padded, row_image
     from ..evaluate import cer
 
     pages = list_pages(data)
@@ -452,7 +452,7 @@ def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 
             if tight is None:
                 continue
             box = _padded(int(tight[0]), int(tight[1]), int(tight[2]), int(tight[3]), gray.shape)
-            crops.append(np.asarray(row_image(image, box, engine.unit, reading_width(engine.unit)).convert("L")))
+            crops.append(np.asarray(row_image(image, box, engine.unit).convert("L")))
             texts.append(r.text)
             trusted.append(not r.problem)
         hyps = engine.read_rows(crops)
