@@ -65,7 +65,8 @@ class PredictJobConfig:
     workers: int = field(default=0, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
                                                       "beside the model (0: in its own process)"})
     quantize: str = field(default="", metadata={"help": "int8: dynamic int8 quantisation (CPU)"})
-    dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16 (default: bf16 on a GPU and on a CPU with bf16 arithmetic, else fp32)"})
+    dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16 (default: bf16 on a GPU and on a CPU with "
+                                                     "bf16 arithmetic, else fp32)"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda when available)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     shard_size: int = field(default=100, metadata={"help": "input files per shard"})

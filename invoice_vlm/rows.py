@@ -699,14 +699,10 @@ def page_quad(gray: np.ndarray) -> np.ndarray | None:
 
 
 def _lit_evenly(small: np.ndarray) -> np.ndarray:
-    """A photo at about 500 pixels divided by its paper's light: the light at a quarter of that size under a 13 x 13
+    """A photo at about 500 pixels divided by its paper's light, measured at a quarter of that size under a 13 x 13
     maximum, which reaches across the ground around a sheet (at most 6% of the image wide in the ``photo``
     preset, 24 of these pixels) to the paper, so the ground stays darker than the paper beside it."""
-    h, w = small.shape
-    coarse = cv2.dilate(cv2.resize(small, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA),
-                        np.ones((13, 13), np.uint8))
-    light = cv2.resize(cv2.GaussianBlur(coarse, (0, 0), 2), (w, h), interpolation=cv2.INTER_LINEAR)
-    return _evened(small, light.astype(np.float32))
+    return _evened(small, _paper_light(small, scale=4, reach=13, blur=2))
 
 
 def _quad(small: np.ndarray, gray: np.ndarray, s: int) -> np.ndarray | None:
@@ -805,12 +801,12 @@ def rectify(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
     return Image.fromarray(flat), matrix.astype(np.float64)
 
 
-def _paper_light(gray: np.ndarray) -> np.ndarray:
-    """The paper's own light: at an eighth of the size, the type gone under a 9 x 9 maximum, smoothed and scaled
-    back (float32, the image's size)."""
+def _paper_light(gray: np.ndarray, scale: int = 8, reach: int = 9, blur: float = 3) -> np.ndarray:
+    """The paper's own light: at 1/``scale`` of the size, the type gone under a ``reach`` x ``reach`` maximum,
+    smoothed (Gaussian sigma ``blur``) and scaled back (float32, the image's size)."""
     height, width = gray.shape
-    small = cv2.resize(gray, (max(1, width // 8), max(1, height // 8)), interpolation=cv2.INTER_AREA)
-    light = cv2.GaussianBlur(cv2.dilate(small, np.ones((9, 9), np.uint8)), (0, 0), 3)
+    small = cv2.resize(gray, (max(1, width // scale), max(1, height // scale)), interpolation=cv2.INTER_AREA)
+    light = cv2.GaussianBlur(cv2.dilate(small, np.ones((reach, reach), np.uint8)), (0, 0), blur)
     return cv2.resize(light, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
 
 
