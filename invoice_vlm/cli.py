@@ -253,7 +253,9 @@ def bench_files(
     limit: int = typer.Option(40, help="first N pages (0: all)"),
     dpi: int = typer.Option(200, help="render resolution of the page images"),
     workers: Optional[list[int]] = typer.Option(None, help="predict --workers values to run (repeatable; default: 0 "
-                                                           "and the number of cores)"),
+                                                           "and -1, one a core, predict's default)"),
+    decode: Optional[list[str]] = typer.Option(None, help="predict --decode values to run (repeatable; default: auto "
+                                                          "and ctc)"),
     model: str = typer.Option("invoice-vlm-tiny", help="model folder or hub id"),
 ) -> None:
     """The whole `invoice-vlm predict` command on page images vs `tesseract FILE -` per file, same images, same
@@ -261,7 +263,7 @@ def bench_files(
     from .bench.files import bench_files as run
 
     def go():
-        rows = run(data, limit, dpi, workers, model)
+        rows = run(data, limit, dpi, workers, model, decode)
         _print_bench(f"invoice-vlm bench files ({rows[0]['pages']} pages of {data} at {dpi} dpi, {os.cpu_count()} "
                      "CPUs)", rows, {"variant": "variant", "pages": "pages", "seconds": "seconds",
                                      "pages_per_s": "pages/s", "vs_tesseract": "vs tesseract", "cer": "CER"})
@@ -542,20 +544,22 @@ def predict(
 
         results = []
         multi = len(paths) > 1 or any(d.count > 1 for d in docs)  # by the inputs given, not those that opened
-        with progress_bar("reading", "pages", stderr=True, transient=True) as bar:
-            job = bar.add_task("pages", total=sum(d.count for d in docs))
-            for (name, k, count), text in predictor.predict_stream(items(), task_prompt(task, o["prompt"])):
-                row = {"file": name, "page": k, "task": task, **task_result(task, text)}
-                if fmt == "jsonl":
-                    typer.echo(json.dumps(row, ensure_ascii=False))
-                elif fmt == "json":
-                    results.append(row)
-                else:
-                    if multi:
-                        typer.echo(f"==> {name}" + (f" page {k}" if count > 1 else "") + " <==")
-                    typer.echo(text)  # plain: the output is meant for pipes, so no Rich wrapping
-                bar.advance(job)
-        predictor.close()
+        try:
+            with progress_bar("reading", "pages", stderr=True, transient=True) as bar:
+                job = bar.add_task("pages", total=sum(d.count for d in docs))
+                for (name, k, count), text in predictor.predict_stream(items(), task_prompt(task, o["prompt"])):
+                    row = {"file": name, "page": k, "task": task, **task_result(task, text)}
+                    if fmt == "jsonl":
+                        typer.echo(json.dumps(row, ensure_ascii=False))
+                    elif fmt == "json":
+                        results.append(row)
+                    else:
+                        if multi:
+                            typer.echo(f"==> {name}" + (f" page {k}" if count > 1 else "") + " <==")
+                        typer.echo(text)  # plain: the output is meant for pipes, so no Rich wrapping
+                    bar.advance(job)
+        finally:
+            predictor.close()  # (the page workers)
         if fmt == "json":
             results.sort(key=lambda r: (r["file"], r["page"]))
             typer.echo(json.dumps(results, ensure_ascii=False, indent=2))

@@ -32,6 +32,29 @@ DECODE_HELP = ("a row reader with a CTC head: auto (rescore) | rescore (the head
                "decoder choosing) | ctc (the head alone: fastest) | generate (the decoder alone)")
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadingUnit:
+    """How a model reads, recorded in its config.json under ``reading``. Here, below the models, because page
+    preparation (``invoice_vlm.rows``, in worker processes that need no torch) is cut to it too."""
+
+    unit: str = "row"  # "row": one text row an input; "page": the whole page (PaliGemma hub checkpoints)
+    height: int = 32  # a row is scaled to this height, its width following the aspect ratio
+    max_width: int = 1536  # wider rows are squeezed to this
+    multiple: int = 16  # widths are padded to a multiple of the vision tower's stride (white on the right)
+    grayscale: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config) -> "ReadingUnit | None":
+        """The unit recorded in a model's config (or config dict); None for a page model."""
+        data = config.get("reading") if isinstance(config, dict) else getattr(config, "reading", None)
+        if not data or data.get("unit", "page") == "page":
+            return None
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
 class InvoiceVLMError(Exception):
     """A problem with the user's input or environment; the CLI prints it as one line, without a traceback."""
 

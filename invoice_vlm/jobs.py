@@ -62,8 +62,9 @@ class PredictJobConfig:
     min_new_tokens: int = field(default=0, metadata={"help": "benchmarks only: at least this many tokens a page"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
-    workers: int = field(default=0, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
-                                                      "beside the model (0: in its own process)"})
+    workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
+                                                       "beside the model, reading one batch as they prepare the next "
+                                                       "(-1: one a core; 0: in its own process)"})
     quantize: str = field(default="", metadata={"help": "int8: dynamic int8 quantisation (CPU)"})
     dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16 (default: bf16 on a GPU and on a CPU with "
                                                      "bf16 arithmetic, else fp32)"})
@@ -296,27 +297,29 @@ def _run_local(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Ca
                                           max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
                                           batch_size=cfg.batch_size, decode=cfg.decode, workers=cfg.workers)
     wanted = cfg.page_list
-    for shard in todo:
-        errors: dict[int, str] = {}
-        texts: dict[int, dict[int, str]] = {}
+    try:
+        for shard in todo:
+            errors: dict[int, str] = {}
+            texts: dict[int, dict[int, str]] = {}
 
-        def items():
-            for i, f in enumerate(shard.files):
-                try:
-                    pages = read_pages(f, wanted, cfg.dpi, cfg.max_pages)
-                except InvoiceVLMError as e:
-                    errors[i] = str(e)
-                    on_error(str(e))
-                    continue
-                texts[i] = {}
-                for k, image in pages:
-                    yield (i, k), image
+            def items():
+                for i, f in enumerate(shard.files):
+                    try:
+                        pages = read_pages(f, wanted, cfg.dpi, cfg.max_pages)
+                    except InvoiceVLMError as e:
+                        errors[i] = str(e)
+                        on_error(str(e))
+                        continue
+                    texts[i] = {}
+                    for k, image in pages:
+                        yield (i, k), image
 
-        for (i, k), text in predictor.predict_stream(items(), cfg.prompt_text):
-            texts[i][k] = text
-        write_shard(out, shard, shard_records(shard, texts, errors, cfg.task))
-        advance(len(shard.files))
-    predictor.close()
+            for (i, k), text in predictor.predict_stream(items(), cfg.prompt_text):
+                texts[i][k] = text
+            write_shard(out, shard, shard_records(shard, texts, errors, cfg.task))
+            advance(len(shard.files))
+    finally:
+        predictor.close()  # (the page workers)
 
 
 # --------------------------------------------------------------------------------------------- Ray

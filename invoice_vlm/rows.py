@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .models import ReadingUnit
+from .common import ReadingUnit
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
 
@@ -925,7 +925,7 @@ def page_rows(image: Image.Image, unit: ReadingUnit) -> list[np.ndarray]:
     """A page as the row reader takes it: a photo warped flat, deskewed, cut into rows, each cropped and scaled to
     the unit (uint8 grey), top to bottom. The engine's whole preparation of a page, in its process or in worker
     processes."""
-    image = deskew(rectify(image)[0])
+    image = deskew(rectify(image.convert("L"))[0])  # (grey from the start: the engine sends its workers grey pages)
     return [np.asarray(row_image(image, parts, unit).convert("L")) for parts in segment_rows(image)]
 
 

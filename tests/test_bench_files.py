@@ -4,6 +4,7 @@ manifest's pages rendered to images."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -24,8 +25,10 @@ def test_bench_files_times_the_whole_command_and_tesseract_on_the_same_images(tm
     manifest.write_text("".join(json.dumps({"id": f"p{k}", "pdf": f"pdf/p{k}.pdf", "page": 0,
                                             "text": f"text/p{k}.txt"}) + "\n" for k in range(2)))
     model = create_row_model(tmp_path / "model", SMALL_ROWS)
-    rows = bench_files(str(manifest), limit=0, dpi=100, workers=[0, 2], model=str(model))
-    assert [r["variant"] for r in rows][1:] == ["invoice-vlm predict --workers 0", "invoice-vlm predict --workers 2"]
+    rows = bench_files(str(manifest), limit=0, dpi=100, workers=[0, -1], model=str(model), decode=["auto"])
+    assert [r["variant"] for r in rows][1:] == ["invoice-vlm predict --decode auto --workers 0",
+                                               f"invoice-vlm predict --decode auto --workers -1 (one a core: "
+                                               f"{os.cpu_count()})"]
     assert rows[0]["variant"].startswith("tesseract FILE - (")
     assert all(r["pages"] == 2 and r["seconds"] > 0 for r in rows)
     assert rows[0]["cer"] < 0.2  # tesseract reads the clean page

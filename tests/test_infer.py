@@ -261,19 +261,64 @@ def test_ctc_head_reads_rows_in_one_pass_whatever_their_batch(row_model, row_mod
 
 
 def test_pages_prepared_by_worker_processes_read_the_same(row_model_ctc, row_pages):
-    """``workers``: deskew, segment and crop run in a pool of processes beside the model; the texts and their order
-    are those of the one-process engine."""
+    """``workers``: deskew, segment and crop run in a pool of processes beside the model, started before the model
+    loads, and a stream reads one batch while the workers prepare the next; the texts and their order are those of
+    the one-process engine."""
     from invoice_vlm.infer import Predictor
 
     images = [Image.open(s.image).convert("RGB") for s in read_split(row_pages, "test")]
     alone = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4)
-    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4, workers=2)
+    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=2, workers=2)
+    assert pooled._pool is not None  # started with the model, before any page
+    submitted = []
+    original = pooled._pool.submit
+    pooled._pool.submit = lambda fn, im, *a: submitted.append(im.mode) or original(fn, im, *a)
     try:
         texts = pooled.predict(images)
-        assert pooled._pool is not None  # the pool did the work
+        streamed = dict(pooled.predict_stream((f"p{k}", im) for k, im in enumerate(images)))
     finally:
         pooled.close()
-    assert pooled._pool is None and texts == alone.predict(images) and sum(map(len, texts)) > 0
+    assert pooled._pool is None and sum(map(len, texts)) > 0
+    assert texts == alone.predict(images) == [streamed[f"p{k}"] for k in range(len(images))]
+    assert submitted == ["L"] * 2 * len(images)  # the workers get grey pages: a third of the bytes
+
+
+def test_a_page_that_fails_while_workers_prepare_stops_the_stream_with_its_error(row_model_ctc, row_pages):
+    """The pages are taken from the caller's iterator in a thread beside the model: an error there (a file that
+    will not open) reaches the caller as raised, after the pages before it were read, and nothing hangs."""
+    from invoice_vlm.infer import Predictor
+
+    images = [Image.open(s.image).convert("RGB") for s in read_split(row_pages, "test")][:3]
+
+    def pages():
+        yield from enumerate(images)
+        raise InvoiceVLMError("broken.pdf: not a PDF")
+
+    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=1, workers=2)
+    got = []
+    try:
+        with pytest.raises(InvoiceVLMError, match="broken.pdf: not a PDF"):
+            for k, text in pooled.predict_stream(pages()):
+                got.append(k)
+    finally:
+        pooled.close()
+    assert got == [0, 1, 2]
+
+
+def test_workers_below_zero_are_one_a_core_and_page_preparation_needs_no_torch():
+    """``--workers -1`` (predict's and eval's default): one process a core this process may use. The workers
+    import ``invoice_vlm.rows`` only, which must not pull torch in (a second each, on every start)."""
+    import os
+    import subprocess
+    import sys
+
+    from invoice_vlm.infer import prepare_workers
+
+    assert prepare_workers(-1) == len(os.sched_getaffinity(0)) and prepare_workers(0) == 0
+    assert prepare_workers(3) == 3
+    code = "import sys, invoice_vlm.rows; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_predictor_reads_a_page_row_by_row(row_model, row_pages):

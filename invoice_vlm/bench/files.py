@@ -20,7 +20,9 @@ from ..common import InvoiceVLMError
 
 
 def bench_files(data: str, limit: int = 40, dpi: int = 200, workers: list[int] | None = None,
-                model: str = "invoice-vlm-tiny") -> list[dict[str, Any]]:
+                model: str = "invoice-vlm-tiny", decode: list[str] | None = None) -> list[dict[str, Any]]:
+    """``workers``: predict --workers values (default 0 and -1, predict's default: one a core); ``decode``: predict
+    --decode values (default auto, predict's, and ctc, the head alone)."""
     from ..data import _open_pdf, _render
     from ..evaluate import cer
     from .segment import list_pages, references
@@ -58,17 +60,20 @@ def bench_files(data: str, limit: int = 40, dpi: int = 200, workers: list[int] |
         rows.append({"variant": f"tesseract FILE - ({cores} at a time)", "pages": len(files),
                      "seconds": round(base, 2), "pages_per_s": round(len(files) / base, 3), "vs_tesseract": 1.0,
                      "cer": round(cer(got, truth), 4)})
-        for w in workers or [0, cores]:
-            cmd = [sys.executable, "-m", "invoice_vlm", "predict", "--model", model, "--format", "jsonl",
-                   "--workers", str(w), *map(str, files)]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            secs = time.perf_counter() - t0
-            if proc.returncode != 0:
-                raise InvoiceVLMError(f"bench files: invoice-vlm predict failed: {proc.stderr.strip()[-300:]}")
-            texts = {json.loads(line)["file"]: json.loads(line)["text"] for line in proc.stdout.splitlines() if line}
-            got = [texts.get(str(f), "") for f in files]
-            rows.append({"variant": f"invoice-vlm predict --workers {w}", "pages": len(files),
-                         "seconds": round(secs, 2), "pages_per_s": round(len(files) / secs, 3),
-                         "vs_tesseract": round(base / secs, 2), "cer": round(cer(got, truth), 4)})
+        for mode in decode or ["auto", "ctc"]:
+            for w in workers if workers else [0, -1]:
+                cmd = [sys.executable, "-m", "invoice_vlm", "predict", "--model", model, "--format", "jsonl",
+                       "--workers", str(w), "--decode", mode, *map(str, files)]
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                secs = time.perf_counter() - t0
+                if proc.returncode != 0:
+                    raise InvoiceVLMError(f"bench files: invoice-vlm predict failed: {proc.stderr.strip()[-300:]}")
+                texts = {json.loads(line)["file"]: json.loads(line)["text"] for line in proc.stdout.splitlines()
+                         if line}
+                got = [texts.get(str(f), "") for f in files]
+                label = f"--workers {w}" + (f" (one a core: {cores})" if w < 0 else "")
+                rows.append({"variant": f"invoice-vlm predict --decode {mode} {label}", "pages": len(files),
+                             "seconds": round(secs, 2), "pages_per_s": round(len(files) / secs, 3),
+                             "vs_tesseract": round(base / secs, 2), "cer": round(cer(got, truth), 4)})
     return rows

@@ -240,8 +240,9 @@ class EvalConfig:
     prompt: str = field(default="", metadata={"help": "model prompt (default: the task's)"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
-    workers: int = field(default=0, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
-                                                      "beside the model (0: in its own process)"})
+    workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
+                                                       "beside the model, reading one batch as they prepare the next "
+                                                       "(-1: one a core; 0: in its own process)"})
     max_new_tokens: int = field(default=0, metadata={"help": "0: from the longest reference, plus 10%"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N samples (0: all)"})
     dpi: int = field(default=200, metadata={"help": "render resolution of manifest PDF pages"})
@@ -423,7 +424,10 @@ def main(cfg: EvalConfig, on_ray: Callable | None = None) -> dict[str, Any]:
                                                                                    if skipped else ""))
             else:
                 predictor = make_predictor(cfg, samples, info)
-                predictions = generate(predictor, samples, cfg.prompt or cfg.task)
+                try:
+                    predictions = generate(predictor, samples, cfg.prompt or cfg.task)
+                finally:
+                    getattr(predictor, "close", lambda: None)()  # (the model's page workers)
             if cfg.engine != "model" and cfg.task == "extract":  # an OCR engine: fields from its text, as JSON
                 from ..fields import fields_from_text
 
@@ -465,15 +469,14 @@ def make_predictor(cfg: EvalConfig, samples: list, info: dict[str, Any]):
                                             if cfg.engine == "tesseract" else {}))
         info["engine_version"] = engine.version()
         return engine
-    from ..common import torch_dtype
-    from ..infer import Predictor, default_dtype, load_ctc_head
-    from ..models import load
+    from ..infer import Predictor, default_dtype
 
     dtype = default_dtype("cpu")
-    model, processor = load(cfg.model, dtype=torch_dtype(dtype))
-    max_new = cfg.max_new_tokens or max_new_tokens_for(processor, [reference_for(s, cfg.task) for s in samples])
-    predictor = Predictor(model, processor, max_new_tokens=max_new, batch_size=cfg.batch_size,
-                          ctc_head=load_ctc_head(cfg.model, model), decode=cfg.decode, workers=cfg.workers)
+    predictor = Predictor.from_pretrained(cfg.model, device="cpu", dtype=dtype, batch_size=cfg.batch_size,
+                                          decode=cfg.decode, workers=cfg.workers)
+    max_new = cfg.max_new_tokens or max_new_tokens_for(predictor.processor,
+                                                       [reference_for(s, cfg.task) for s in samples])
+    predictor.max_new_tokens = max_new
     info.update(model=cfg.model, dtype=dtype, max_new_tokens=max_new,
                 **({"decode": predictor.decode} if predictor.unit else {}))
     return predictor

@@ -86,8 +86,8 @@ class Predictor:
         # what a row reader reads with: the head alone, the head's readings chosen by the decoder, or the decoder
         self.decode = "generate" if self.ctc_head is None else ("ctc" if decode == "ctc" else "rescore")
         # a row reader's pages are prepared (deskew, segment, crop) by this many processes beside the model (0 or 1:
-        # in the model's own process); the texts are the same
-        self.workers = max(0, workers)
+        # in the model's own process; below 0: one a core); the texts are the same
+        self.workers = prepare_workers(workers)
         self._pool = None
         self.row_batch_size = max(1, row_batch_size)
         self.processor = processor
@@ -105,7 +105,7 @@ class Predictor:
         ``default_dtype``; fp32 under int8); ``quantize``: ``int8`` (CPU); ``compile``: wrap the forward in
         torch.compile."""
         from ..common import InvoiceVLMError, torch_dtype
-        from ..models import load
+        from ..models import load, reading_unit_of
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or ("fp32" if quantize == "int8" else default_dtype(device))
@@ -113,13 +113,27 @@ class Predictor:
             raise InvoiceVLMError(f"quantize must be int8 or none, got {quantize!r}")
         if quantize == "int8" and device != "cpu":
             raise InvoiceVLMError("int8 dynamic quantisation runs on the CPU only (use bf16 on a GPU)")
-        model, processor = load(name_or_path, dtype=torch_dtype(dtype), device=device)
+        # a row reader's page workers start before the model loads: their start (a Python each) overlaps the load
+        workers = prepare_workers(kwargs.get("workers", 0))
+        pool = prepare_pool(workers) if workers >= 2 and reading_unit_of(name_or_path) is not None else None
+        try:
+            model, processor = load(name_or_path, dtype=torch_dtype(dtype), device=device)
+        except BaseException:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+            raise
         head = load_ctc_head(name_or_path, model)
+        if device == "cpu":
+            # convolution weights channels-last, oneDNN's faster layout: the row reader's tower 1.3x faster
+            # (docs/embedded-model.md section 7)
+            model = model.to(memory_format=torch.channels_last)
         if quantize == "int8":
             model = quantize_int8(model)
         if compile:
             model.forward = torch.compile(model.forward, dynamic=True)
-        return cls(model, processor, ctc_head=head, **kwargs)
+        predictor = cls(model, processor, ctc_head=head, **kwargs)
+        predictor._pool = pool
+        return predictor
 
     @property
     def device(self):
@@ -159,6 +173,14 @@ class Predictor:
         return [t.strip() for t in self.processor.batch_decode(generated, skip_special_tokens=True)]
 
     def _read_pages(self, images: Sequence[Image.Image], prompts: list[str]) -> list[str]:
+        self._check_prompts(prompts)
+        t0 = time.perf_counter()
+        prepared = self._prepare(images)
+        self.stats["prepare_seconds"] += time.perf_counter() - t0  # deskew, segment, crop: a page's preparation
+        return self._read_prepared(prepared, prompts)
+
+    @staticmethod
+    def _check_prompts(prompts: Iterable[str]) -> None:
         from ..common import InvoiceVLMError
         from ..fields import EXTRACT_PROMPT
 
@@ -166,18 +188,21 @@ class Predictor:
             if p not in (DEFAULT_PROMPT, EXTRACT_PROMPT):
                 raise InvoiceVLMError(f"this model reads text rows: it answers {DEFAULT_PROMPT!r} and "
                                       f"{EXTRACT_PROMPT!r}, not {p!r}")
+
+    def _read_prepared(self, prepared: list[list[np.ndarray]], prompts: list[str]) -> list[str]:
+        """Pages' texts from their rows (``page_rows``), all the pages' rows read together."""
+        from ..fields import EXTRACT_PROMPT
+
         rows, owner = [], []
-        t0 = time.perf_counter()
-        for k, page in enumerate(self._prepare(images)):
+        for k, page in enumerate(prepared):
             rows += page
             owner += [k] * len(page)
-        self.stats["prepare_seconds"] += time.perf_counter() - t0  # deskew, segment, crop: a page's preparation
         texts = self.read_rows(rows)
-        pages: list[list[str]] = [[] for _ in images]
+        pages: list[list[str]] = [[] for _ in prepared]
         for k, text in zip(owner, texts):
             if text:  # a row with nothing to read (a signature, a logo's remains) adds no line
                 pages[k].append(text)
-        self.stats["pages"] += len(images)
+        self.stats["pages"] += len(prepared)
         out = []
         for lines, prompt in zip(pages, prompts):
             text = "\n".join(lines)
@@ -191,18 +216,20 @@ class Predictor:
         return out
 
     def _prepare(self, images: Sequence[Image.Image]) -> list[list[np.ndarray]]:
-        from ..rows import page_rows, prepare_worker
+        from ..rows import page_rows
 
         if self.workers < 2 or len(images) < 2:
             return [page_rows(im, self.unit) for im in images]
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+        return [f.result() for f in [self._submit(im) for im in images]]
 
-            # spawn, not fork: the parent holds torch's and OpenCV's thread pools, which a fork copies half-alive
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=prepare_worker)
-        return list(self._pool.map(page_rows, images, [self.unit] * len(images)))
+    def _submit(self, image: Image.Image):
+        """A page's preparation (``page_rows``) started in the worker processes: a Future of its rows."""
+        from ..rows import page_rows
+
+        if self._pool is None:
+            self._pool = prepare_pool(self.workers)
+        # grey, as page_rows takes it first: a third of an RGB page's bytes to send
+        return self._pool.submit(page_rows, image.convert("L"), self.unit)
 
     def close(self) -> None:
         """Stop the worker processes that prepare pages, if any."""
@@ -287,6 +314,9 @@ class Predictor:
         """(key, text) for each (key, image), yielded as each batch finishes. Within a window of
         ``window * batch_size`` pages the ones showing the most text go first, so batches hold pages of similar
         length; the output order is therefore not the input order (use :meth:`predict_iter` for that)."""
+        if self.unit is not None and self.workers >= 2:
+            yield from self._stream_rows(items, prompt)
+            return
         pending: list[tuple[Hashable, Image.Image]] = []
         size = self.batch_size * (self.window if self.sort_by_length else 1)
         for item in items:
@@ -296,6 +326,59 @@ class Predictor:
                 pending = []
         if pending:
             yield from self._run_window(pending, prompt)
+
+    def _stream_rows(self, items: Iterable[tuple[Hashable, Image.Image]],
+                     prompt: str) -> Iterator[tuple[Hashable, str]]:
+        """A row reader with worker processes: a thread takes the pages as they come (decoding the files, where
+        ``items`` does) and hands each to the workers, up to ``2 * batch_size`` pages ahead, while the model reads
+        a batch of prepared pages, so that decoding, preparation and reading overlap. A page's text does not depend
+        on its batch, so no window is sorted; texts in input order."""
+        import queue
+        import threading
+
+        self._check_prompts([prompt])
+        ahead: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
+        stop = threading.Event()
+        end = object()
+
+        def feed() -> None:
+            try:
+                for key, image in items:
+                    item = (key, self._submit(image))
+                    while not stop.is_set():
+                        try:
+                            ahead.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                ahead.put(end)
+            except BaseException as e:  # (a file that will not open: raised where the pages are read)
+                ahead.put(e)
+
+        feeder = threading.Thread(target=feed, name="invoice-vlm-pages", daemon=True)
+        feeder.start()
+
+        def read(batch: list) -> Iterator[tuple[Hashable, str]]:
+            t0 = time.perf_counter()
+            prepared = [f.result() for _, f in batch]
+            self.stats["prepare_seconds"] += time.perf_counter() - t0  # waiting for the workers, past the overlap
+            yield from zip([k for k, _ in batch], self._read_prepared(prepared, [prompt] * len(batch)))
+
+        batch: list = []
+        try:
+            while (item := ahead.get()) is not end:
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    yield from read(batch)
+                    batch = []
+            if batch:
+                yield from read(batch)
+        finally:
+            stop.set()
 
     def _run_window(self, items: list[tuple[Hashable, Image.Image]], prompt: str) -> Iterator[tuple[Hashable, str]]:
         if self.sort_by_length and len(items) > self.batch_size:
@@ -316,6 +399,30 @@ class Predictor:
 
     def predict(self, images: Sequence[Image.Image], prompt: str = DEFAULT_PROMPT) -> list[str]:
         return list(self.predict_iter(images, prompt))
+
+
+def prepare_workers(workers: int) -> int:
+    """Processes preparing a row reader's pages: ``workers``, or below 0 one a core this process may use."""
+    import os
+
+    if workers >= 0:
+        return workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def prepare_pool(workers: int):
+    """Worker processes that prepare pages (``rows.page_rows``), started now: each imports only what preparing
+    needs (no torch), once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ..rows import prepare_worker
+
+    # spawn, not fork: the parent holds torch's and OpenCV's thread pools, which a fork copies half-alive
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=prepare_worker)
+    for _ in range(workers):  # a task each, submitted at once, starts every process (the pool starts them lazily)
+        pool.submit(int)
+    return pool
 
 
 def load_ctc_head(name_or_path: str, model):

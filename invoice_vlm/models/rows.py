@@ -6,14 +6,14 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..common import InvoiceVLMError
+from ..common import InvoiceVLMError, ReadingUnit
 from .base import EMBEDDED, _ALPHABET_LINE, embedded_model
 from .batches import image_token_id
 
@@ -24,28 +24,6 @@ from .batches import image_token_id
 # ResNetModel — whose feature map is flattened into image tokens, an MLP projector and a Qwen2 decoder that writes
 # the row character by character. Trained from scratch on this CPU, a convolutional front end starts reading many
 # times sooner than a ViT with linear patches (docs/embedded-model.md has the bake-off).
-
-@dataclass(frozen=True)
-class ReadingUnit:
-    """How a model reads, recorded in its config.json under ``reading``."""
-
-    unit: str = "row"  # "row": one text row an input; "page": the whole page (PaliGemma hub checkpoints)
-    height: int = 32  # a row is scaled to this height, its width following the aspect ratio
-    max_width: int = 1536  # wider rows are squeezed to this
-    multiple: int = 16  # widths are padded to a multiple of the vision tower's stride (white on the right)
-    grayscale: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_config(cls, config) -> "ReadingUnit | None":
-        """The unit recorded in a model's config (or config dict); None for a page model."""
-        data = config.get("reading") if isinstance(config, dict) else getattr(config, "reading", None)
-        if not data or data.get("unit", "page") == "page":
-            return None
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
 
 ROW_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
 
@@ -376,7 +354,7 @@ def _logaddexp(a: float, b: float) -> float:
     return a if b == _NEG else a + math.log1p(math.exp(b - a))
 
 
-def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -9.0) -> list[tuple[list[int], float]]:
+def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -7.0) -> list[tuple[list[int], float]]:
     """CTC prefix beam search over one row's frames (T, labels + blank, log-probabilities): up to ``beam`` label
     sequences with their log-probability summed over all the paths that spell them, best first. Labels under
     ``prune`` at a frame are not tried there. A beam of 1 is not the best path: it sums paths."""
