@@ -45,6 +45,9 @@ class ServeConfig:
     api_key: str | None = field(default=None, metadata={"help": "require this key (X-API-Key or Bearer)"})
     quantize: str | None = field(default=None, metadata={"help": "int8 (CPU)"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
+    workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing a batch's pages (deskew, "
+                                                       "segment) side by side (-1: one a core; 0: in the model's "
+                                                       "thread)"})
 
 
 class ApiError(Exception):
@@ -149,6 +152,7 @@ class MicroBatcher:
                 pass
         self.model_thread.shutdown(wait=False, cancel_futures=True)
         self.decode_threads.shutdown(wait=False, cancel_futures=True)
+        getattr(self.predictor, "close", lambda: None)()  # (a row reader's page workers)
 
     async def submit(self, image, prompt: str) -> str:
         fut = asyncio.get_running_loop().create_future()
@@ -370,5 +374,5 @@ def main(cfg: ServeConfig) -> None:
     from .infer import Predictor
 
     predictor = Predictor.from_pretrained(cfg.model, quantize=cfg.quantize, max_new_tokens=cfg.max_new_tokens,
-                                          batch_size=cfg.batch_size, decode=cfg.decode)
+                                          batch_size=cfg.batch_size, decode=cfg.decode, workers=cfg.workers)
     uvicorn.run(create_app(predictor, cfg, cfg.model), host=cfg.host, port=cfg.port, log_level="info")

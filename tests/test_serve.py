@@ -214,12 +214,12 @@ def test_load_script_reports_throughput_latency_and_memory(tiny_model, tmp_path,
 
 
 def test_the_row_reader_serves_what_its_engine_reads(row_model_ctc, row_pages):
-    """The shipped architecture behind the server: a row reader with a CTC head; its pages' text and fields are the
-    engine's."""
+    """The shipped architecture behind the server: a row reader with a CTC head, its pages prepared by worker
+    processes; its pages' text and fields are the engine's, and the workers stop with the server."""
     from invoice_vlm.data import read_split
 
-    engine = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4)
-    assert engine.unit is not None and engine.ctc_head is not None
+    engine = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4, workers=2)
+    assert engine.unit is not None and engine.ctc_head is not None and engine._pool is not None
     image = Image.open(read_split(row_pages, "test")[0].image).convert("RGB")
     with client(engine) as c:
         r = c.post("/v1/ocr", files={"file": ("p.png", png(image), "image/png")})
@@ -228,3 +228,4 @@ def test_the_row_reader_serves_what_its_engine_reads(row_model_ctc, row_pages):
         assert p["text"] == engine.predict([image])[0] != ""
         r = c.post("/v1/extract", files={"file": ("p.png", png(image), "image/png")})
         assert r.status_code == 200 and r.json()["pages"][0].keys() >= {"text", "fields", "json_valid"}
+    assert engine._pool is None
