@@ -224,6 +224,8 @@ def bench_predict(
     actors: int = typer.Option(2, help="with --ray: actors sharing the cores"),
     prep_workers: int = typer.Option(0, help="a row reader: also the engine with its pages prepared by this many "
                                              "processes (predict --workers)"),
+    device: str = typer.Option("cpu", help="cpu | cuda: where the model reads (bf16 on a GPU)"),
+    row_batch_size: int = typer.Option(64, help="a row reader: rows a forward pass"),
 ) -> None:
     """Pages/s, latency and CER: one generate() per page (per row for a row reader) vs the engine, and Tesseract,
     same pages; for a page model fails unless the greedy texts are identical."""
@@ -232,7 +234,7 @@ def bench_predict(
     def go():
         rows = bench(model=model, n=n, batch_size=batch_size, max_new_tokens=max_new_tokens, quantize=int8,
                      min_new_tokens=min_new_tokens, tesseract=tesseract, ray=ray, actors=actors,
-                     prep_workers=prep_workers)
+                     prep_workers=prep_workers, device=device, row_batch_size=row_batch_size)
         least = f"at least {min_new_tokens} new tokens a page, " if min_new_tokens else ""
         columns = {"variant": "variant", "batch": "batch", "pages_per_s": "pages/s", "vs_naive": "vs naive",
                    "p50_s": "p50 s", "p95_s": "p95 s", "seconds": "seconds", "identical": "same text", "cer": "CER"}
@@ -242,7 +244,8 @@ def bench_predict(
             columns["vs_single"] = "vs 1 process"
             for r in rows:
                 r.setdefault("vs_single", "-")
-        _print_bench(f"invoice-vlm bench predict ({model}, {n} pages, {least}{os.cpu_count()} CPUs)", rows, columns)
+        where = f"{os.cpu_count()} CPUs" + (f", {device}" if device != "cpu" else "")
+        _print_bench(f"invoice-vlm bench predict ({model}, {n} pages, {least}{where})", rows, columns)
 
     _guard(go)
 

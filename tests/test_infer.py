@@ -220,6 +220,29 @@ def test_bench_predict_compares_with_naive_and_checks_the_text(monkeypatch, tiny
     assert all(0 <= r["cer"] for r in rows) and rows[0]["cer"] == rows[1]["cer"]  # the same text, the same CER
 
 
+def test_bench_predict_on_a_device_with_its_row_batch_and_a_missing_gpu_as_one_line(monkeypatch, row_model_ctc,
+                                                                                     tmp_path):
+    """``bench predict --device --row-batch-size`` (the GPU check runs them on a GPU): the engines read with that
+    row batch on that device; a device that is not there is one line, not a traceback."""
+    from invoice_vlm.bench import predict as ib
+    from invoice_vlm.infer import Predictor
+
+    monkeypatch.setattr(ib, "bench_pages", lambda n, **kw: [(page("AB 12", lines=k % 3 + 1), "AB 12")
+                                                            for k in range(n)])
+    sizes = []
+    original = Predictor.read_rows
+    monkeypatch.setattr(Predictor, "read_rows", lambda self, rows: sizes.append(self.row_batch_size)
+                        or original(self, rows))
+    rows = ib.bench(model=str(row_model_ctc), n=3, batch_size=2, max_new_tokens=4, device="cpu", row_batch_size=5,
+                    prep_workers=2)
+    assert [r["variant"] for r in rows][-1] == "engine, 2 preparing processes"
+    assert sizes and set(sizes[-8:]) == {5}  # the engines', after the naive row-at-a-time baseline
+    if not torch.cuda.is_available():
+        r = runner.invoke(app, ["bench", "predict", "--model", str(row_model_ctc), "--n", "1", "--device", "cuda"])
+        assert r.exit_code == 1 and "device cuda: no CUDA GPU is usable here" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
 def rows_read_at_batches(pred, pages, sizes) -> tuple[list, dict[int, list[str]]]:
     """The rows of two test pages as the engine cuts them, and their texts read at each row batch size."""
     from invoice_vlm.rows import page_rows

@@ -51,11 +51,13 @@ def _pct(values: list[float], q: float) -> float:
 def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, max_new_tokens: int = 512,
           quantize: bool = False, min_new_tokens: int = 0, tesseract: bool = False,
           workers: int | None = None, ray: bool = False, actors: int = 2,
-          prep_workers: int = 0) -> list[dict[str, Any]]:
+          prep_workers: int = 0, device: str = "cpu", row_batch_size: int = 64) -> list[dict[str, Any]]:
     """``min_new_tokens``: every page generates at least that many tokens (the end token is held back), in both
     ways: the cost of page-length transcriptions, whatever the model would stop at. ``tesseract``: add Tesseract
     on the same pages with ``workers`` processes (default: every core). ``ray``: add ``predict --out`` over the
-    pages as files, one process vs ``--ray`` with ``actors`` actors on the same cores (:func:`bench_ray`)."""
+    pages as files, one process vs ``--ray`` with ``actors`` actors on the same cores (:func:`bench_ray`).
+    ``device``: cpu | cuda, in the engine's default dtype there (bf16 on a GPU); ``row_batch_size``: a row reader's
+    rows a forward pass (a GPU takes many more than a CPU)."""
     import os
 
     from ..evaluate import cer
@@ -63,8 +65,8 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
 
     pairs = bench_pages(n, with_text=True)
     images, refs = [p for p, _ in pairs], [t for _, t in pairs]
-    engine = Predictor.from_pretrained(model, device="cpu", batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                       min_new_tokens=min_new_tokens)
+    engine = Predictor.from_pretrained(model, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                       min_new_tokens=min_new_tokens, row_batch_size=row_batch_size)
     rows = []
 
     t0 = time.perf_counter()
@@ -93,11 +95,12 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
             variants.append((f"engine ({READS[decode]})",
                              Predictor(engine.model, engine.processor, batch_size=batch_size,
                                        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                       ctc_head=engine.ctc_head, decode=decode)))
+                                       ctc_head=engine.ctc_head, decode=decode, row_batch_size=row_batch_size)))
     if prep_workers > 1 and engine.unit is not None:  # pages prepared in worker processes beside the model
         variants.append((f"engine, {prep_workers} preparing processes",
                          Predictor(engine.model, engine.processor, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   min_new_tokens=min_new_tokens, ctc_head=engine.ctc_head, workers=prep_workers)))
+                                   min_new_tokens=min_new_tokens, ctc_head=engine.ctc_head, workers=prep_workers,
+                                   row_batch_size=row_batch_size)))
     if quantize:
         from ..infer import quantize_int8
 

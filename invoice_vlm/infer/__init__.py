@@ -108,6 +108,9 @@ class Predictor:
         from ..models import load, reading_unit_of
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise InvoiceVLMError(f"device {device}: no CUDA GPU is usable here (torch {torch.__version__}, {build})")
         dtype = dtype or ("fp32" if quantize == "int8" else default_dtype(device))
         if quantize not in (None, "", "none", "int8"):
             raise InvoiceVLMError(f"quantize must be int8 or none, got {quantize!r}")
