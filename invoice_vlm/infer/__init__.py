@@ -108,14 +108,14 @@ class Predictor:
         from ..models import load, reading_unit_of
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise InvoiceVLMError(f"device {device}: no CUDA GPU is usable here (torch {torch.__version__}, {build})")
         dtype = dtype or ("fp32" if quantize == "int8" else default_dtype(device))
         if quantize not in (None, "", "none", "int8"):
             raise InvoiceVLMError(f"quantize must be int8 or none, got {quantize!r}")
         if quantize == "int8" and device != "cpu":
             raise InvoiceVLMError("int8 dynamic quantisation runs on the CPU only (use bf16 on a GPU)")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise InvoiceVLMError(f"device {device}: no CUDA GPU is usable here (torch {torch.__version__}, {build})")
         # a row reader's page workers start before the model loads: their start (a Python each) overlaps the load
         workers = prepare_workers(kwargs.get("workers", 0))
         pool = prepare_pool(workers) if workers >= 2 and reading_unit_of(name_or_path) is not None else None
