@@ -45,9 +45,9 @@ class ServeConfig:
     api_key: str | None = field(default=None, metadata={"help": "require this key (X-API-Key or Bearer)"})
     quantize: str | None = field(default=None, metadata={"help": "int8 (CPU)"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
-    workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing a batch's pages (deskew, "
-                                                       "segment) side by side (-1: one a core; 0: in the model's "
-                                                       "thread)"})
+    workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing each page (deskew, segment) "
+                                                       "as it arrives, while the model reads (-1: one a core; 0: in "
+                                                       "the model's thread)"})
 
 
 class ApiError(Exception):
@@ -156,6 +156,10 @@ class MicroBatcher:
 
     async def submit(self, image, prompt: str) -> str:
         fut = asyncio.get_running_loop().create_future()
+        if getattr(self.predictor, "prepares_ahead", False):
+            # a row reader with page workers: the page is prepared (deskew, segment) from now on, while the model
+            # reads earlier batches; the batch carries the Future of its rows
+            image = self.predictor.submit_page(image)
         await self.queue.put((image, prompt, fut))
         self.metrics.queue.set(self.queue.qsize())
         return await fut
@@ -178,8 +182,8 @@ class MicroBatcher:
             if not batch:
                 continue
             try:
-                texts = await loop.run_in_executor(self.model_thread, self.predictor.generate_batch,
-                                                   [b[0] for b in batch], [b[1] for b in batch])
+                texts = await loop.run_in_executor(self.model_thread, self._read, [b[0] for b in batch],
+                                                   [b[1] for b in batch])
             except Exception as e:  # the model failed: every waiting request gets a 500, the server lives on
                 for _, _, fut in batch:
                     if not fut.done():
@@ -190,6 +194,15 @@ class MicroBatcher:
             for (_, _, fut), text in zip(batch, texts):
                 if not fut.done():
                     fut.set_result(text)
+
+
+    def _read(self, items: list, prompts: list[str]) -> list[str]:
+        """In the model's thread: pages, or the Futures of pages being prepared (``submit``), to their texts."""
+        from concurrent.futures import Future
+
+        if items and isinstance(items[0], Future):
+            return self.predictor.read_prepared([f.result() for f in items], prompts)
+        return self.predictor.generate_batch(items, prompts)
 
 
 class Metrics:

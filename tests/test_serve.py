@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -220,12 +221,23 @@ def test_the_row_reader_serves_what_its_engine_reads(row_model_ctc, row_pages):
 
     engine = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4, workers=2)
     assert engine.unit is not None and engine.ctc_head is not None and engine._pool is not None
-    image = Image.open(read_split(row_pages, "test")[0].image).convert("RGB")
+    alone = Predictor(engine.model, engine.processor, batch_size=4, ctc_head=engine.ctc_head)
+    images = [Image.open(s.image).convert("RGB") for s in read_split(row_pages, "test")[:3]]
+    image = images[0]
+    submitted = []
+    original = engine.submit_page
+    engine.submit_page = lambda im: submitted.append(im.size) or original(im)
     with client(engine) as c:
+        with ThreadPoolExecutor(3) as pool:  # concurrent requests: their pages prepared as they arrive
+            answers = list(pool.map(lambda im: c.post("/v1/ocr", files={"file": ("p.png", png(im), "image/png")}),
+                                    images))
+        assert [r.status_code for r in answers] == [200] * 3, answers[0].text
+        assert [r.json()["pages"][0]["text"] for r in answers] == alone.predict(images)
+        assert sorted(submitted) == sorted(im.size for im in images)  # each page went to the workers
         r = c.post("/v1/ocr", files={"file": ("p.png", png(image), "image/png")})
         assert r.status_code == 200, r.text
         [p] = r.json()["pages"]
-        assert p["text"] == engine.predict([image])[0] != ""
+        assert p["text"] == alone.predict([image])[0] != ""
         r = c.post("/v1/extract", files={"file": ("p.png", png(image), "image/png")})
         assert r.status_code == 200 and r.json()["pages"][0].keys() >= {"text", "fields", "json_valid"}
     assert engine._pool is None

@@ -223,9 +223,20 @@ class Predictor:
 
         if self.workers < 2 or len(images) < 2:
             return [page_rows(im, self.unit) for im in images]
-        return [f.result() for f in [self._submit(im) for im in images]]
+        return [f.result() for f in [self.submit_page(im) for im in images]]
 
-    def _submit(self, image: Image.Image):
+    @property
+    def prepares_ahead(self) -> bool:
+        """A row reader with page workers: a page can be prepared ahead of its reading (``submit_page``, then
+        ``read_prepared``), as ``predict_stream`` and the server do."""
+        return self.unit is not None and self.workers >= 2
+
+    def read_prepared(self, prepared: list[list[np.ndarray]], prompts: list[str]) -> list[str]:
+        """Pages' texts from their prepared rows (``submit_page``'s results), read together."""
+        self._check_prompts(prompts)
+        return self._read_prepared(prepared, prompts)
+
+    def submit_page(self, image: Image.Image):
         """A page's preparation (``page_rows``) started in the worker processes: a Future of its rows."""
         from ..rows import page_rows
 
@@ -317,7 +328,7 @@ class Predictor:
         """(key, text) for each (key, image), yielded as each batch finishes. Within a window of
         ``window * batch_size`` pages the ones showing the most text go first, so batches hold pages of similar
         length; the output order is therefore not the input order (use :meth:`predict_iter` for that)."""
-        if self.unit is not None and self.workers >= 2:
+        if self.prepares_ahead:
             yield from self._stream_rows(items, prompt)
             return
         pending: list[tuple[Hashable, Image.Image]] = []
@@ -347,7 +358,7 @@ class Predictor:
         def feed() -> None:
             try:
                 for key, image in items:
-                    item = (key, self._submit(image))
+                    item = (key, self.submit_page(image))
                     while not stop.is_set():
                         try:
                             ahead.put(item, timeout=0.1)
