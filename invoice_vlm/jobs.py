@@ -21,8 +21,9 @@ same command again skips the finished shards. A folder holding another job (othe
 that change the text) is refused.
 
 The engine (:class:`invoice_vlm.infer.Predictor`) knows nothing of files or Ray. On Ray, Ray Data tasks read the
-files and render PDF pages (as PNG; an image travels as its own bytes), a fixed pool of actors, each holding one
-``Predictor``, reads the pages in batches, and this process, the driver, writes each shard as soon as every page
+files and render PDF pages (as PNG; an image travels as its own bytes; for a row reader the tasks also prepare each
+page, deskew and segment, and send its rows), a fixed pool of actors, each holding one ``Predictor``, reads the
+pages in batches, and this process, the driver, writes each shard as soon as every page
 of its files is back. Inputs must be readable at the same paths on every node (shared storage); only the driver
 writes.
 """
@@ -384,29 +385,64 @@ def _check_resources(ray, cfg: PredictJobConfig) -> None:
 
 
 def render_file(row: dict[str, Any], pages: list[int] | None, dpi: int,
-                max_pages: int = MAX_DOCUMENT_PAGES) -> list[dict[str, Any]]:
+                max_pages: int = MAX_DOCUMENT_PAGES, unit: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """A Ray Data ``flat_map`` step: one file -> a row per page, or one error row. An image travels as its own
     bytes (the actor decodes it, once, as one process would); a PDF's pages are rendered here and travel as PNG.
-    ``count`` (pages of the file) lets the driver tell when a file, and so a shard, is complete."""
+    For a row reader (``unit``, its ReadingUnit as a dict) each page is prepared here instead (deskew, segment,
+    crop: ``rows.page_rows``, the work a process's page workers do) and travels as its rows (``pack_rows``), so
+    preparation spreads over the cluster's cores and the actors only read. ``count`` (pages of the file) lets the
+    driver tell when a file, and so a shard, is complete."""
     from .infer import files as fio
 
     path = Path(row["file"])
     base = {"shard": row["shard"], "index": row["index"], "file": row["file"]}
+    empty = {"widths": b""} if unit else {}
     try:
         if not path.is_file():
             raise InvoiceVLMError(f"{path}: file not found")
         doc = fio.plan(path, pages, max_pages)
-        if not doc.pdf and doc.count == 1:  # one image travels as its own bytes
+        if unit is None and not doc.pdf and doc.count == 1:  # one image travels as its own bytes
             return [{**base, "page": 1, "count": 1, "data": path.read_bytes(), "error": ""}]
         images = list(fio.page_images(doc, dpi))
     except InvoiceVLMError as e:
-        return [{**base, "page": 0, "count": 1, "data": b"", "error": str(e)}]
+        return [{**base, "page": 0, "count": 1, "data": b"", "error": str(e), **empty}]
     rows = []
     for k, image in images:
-        buf = io.BytesIO()
-        image.save(buf, "PNG", compress_level=PNG_LEVEL)
-        rows.append({**base, "page": k, "count": len(images), "data": buf.getvalue(), "error": ""})
+        if unit:
+            from .common import ReadingUnit
+            from .rows import page_rows
+
+            data = pack_rows(page_rows(image, ReadingUnit(**unit)))
+        else:
+            buf = io.BytesIO()
+            image.save(buf, "PNG", compress_level=PNG_LEVEL)
+            data = {"data": buf.getvalue()}
+        rows.append({**base, "page": k, "count": len(images), "error": "", **data})
     return rows
+
+
+def pack_rows(rows: list) -> dict[str, bytes]:
+    """A page's prepared rows (uint8, one height) as two byte strings for Ray's object store: the rows side by side,
+    zlib level 1 (``data``), and their widths (``widths``, int32). A 200-dpi invoice's rows: 530 KB raw, 145 KB
+    compressed (less than the page as PNG) in 3 ms."""
+    import zlib
+
+    import numpy as np
+
+    widths = np.array([r.shape[1] for r in rows], np.int32)
+    strip = np.concatenate(rows, axis=1).tobytes() if rows else b""
+    return {"data": zlib.compress(strip, 1), "widths": widths.tobytes()}
+
+
+def unpack_rows(data: bytes, widths: bytes, height: int) -> list:
+    """``pack_rows``'s rows back."""
+    import zlib
+
+    import numpy as np
+
+    w = np.frombuffer(widths, np.int32)
+    strip = np.frombuffer(zlib.decompress(data), np.uint8).reshape(height, int(w.sum()))
+    return list(np.split(strip, np.cumsum(w)[:-1].tolist(), axis=1)) if len(w) else []
 
 
 class PageReader:
@@ -429,6 +465,15 @@ class PageReader:
         from .data import image_from_bytes
 
         errors = np.array([str(e) for e in batch["error"]], dtype=object)
+        texts = np.full(len(errors), "", dtype=object)
+        keep = {k: batch[k] for k in ("shard", "index", "page", "count")}
+        if "widths" in batch:  # a row reader's pages, prepared by the rendering tasks (render_file)
+            ok = [i for i, e in enumerate(errors) if not e]
+            height = self.predictor.unit.height
+            prepared = [unpack_rows(bytes(batch["data"][i]), bytes(batch["widths"][i]), height) for i in ok]
+            for i, text in zip(ok, self.predictor.read_prepared(prepared, [self.prompt] * len(ok))):
+                texts[i] = text
+            return keep | {"error": errors, "text": texts}
         ok, images = [], []
         for i, e in enumerate(errors):
             if e:
@@ -438,10 +483,9 @@ class PageReader:
                 ok.append(i)
             except InvoiceVLMError as err:
                 errors[i] = str(err)
-        texts = np.full(len(errors), "", dtype=object)
         for i, text in zip(ok, self.predictor.predict(images, self.prompt)):
             texts[i] = text
-        return {k: batch[k] for k in ("shard", "index", "page", "count")} | {"error": errors, "text": texts}
+        return keep | {"error": errors, "text": texts}
 
 
 def _run_ray(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Callable[[str], None],
@@ -449,13 +493,17 @@ def _run_ray(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Call
     import ray
     import ray.data
 
+    from .models import reading_unit_of
+
     gpu = _on_gpu(cfg)
     items = [{"shard": s.number, "index": i, "file": f} for s in todo for i, f in enumerate(s.files)]
     # blocks of a few files: rendering spreads over the cluster, and early shards finish early
     blocks = min(len(items), max(1, -(-len(items) // max(1, cfg.shard_size // 4))))
     threads = 0 if gpu else max(1, int(cfg.cpus_per_actor))
+    unit = reading_unit_of(model_id(cfg.model))  # a row reader: its pages are prepared where they are rendered
     ds = (ray.data.from_items(items, override_num_blocks=blocks)
-          .flat_map(render_file, fn_kwargs={"pages": cfg.page_list, "dpi": cfg.dpi, "max_pages": cfg.max_pages},
+          .flat_map(render_file, fn_kwargs={"pages": cfg.page_list, "dpi": cfg.dpi, "max_pages": cfg.max_pages,
+                                            "unit": unit.to_dict() if unit else None},
                     num_cpus=RENDER_CPUS)
           .map_batches(PageReader, batch_size=cfg.batch_size * 4, batch_format="numpy",
                        compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,

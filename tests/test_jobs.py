@@ -303,3 +303,40 @@ def test_predict_out_with_the_row_reader_and_preparing_processes(tmp_path, row_m
     assert [r_["file"] for r_ in rows] == [str(f.resolve()) for f in files]
     assert [r_["text"] for r_ in rows] == engine.predict([Image.open(f).convert("RGB") for f in files])
     assert json.loads((out / "job.json").read_text())["identity"]["decode"] == "auto"
+
+
+def test_a_row_readers_pages_are_prepared_where_they_are_rendered(tmp_path, row_model_ctc, docs):
+    """On Ray, a row reader's page travels as its prepared rows (render_file with the reading unit): the rows
+    come back as rows.page_rows cuts them, and an unreadable file is still one error row."""
+    import numpy as np
+
+    from invoice_vlm.models import reading_unit_of
+    from invoice_vlm.rows import page_rows
+
+    unit = reading_unit_of(row_model_ctc)
+    for name in ("p4.png", "two.pdf"):
+        found = jobs.render_file({"shard": 0, "index": 0, "file": str(docs / name)}, None, 100, unit=unit.to_dict())
+        pages = jobs.read_pages(str(docs / name), None, 100)
+        assert [r["page"] for r in found] == [k for k, _ in pages] and all(r["error"] == "" for r in found)
+        for r, (_, image) in zip(found, pages):
+            rows = jobs.unpack_rows(r["data"], r["widths"], unit.height)
+            expected = page_rows(image, unit)
+            assert len(rows) == len(expected) > 0
+            assert all(np.array_equal(a, b) for a, b in zip(rows, expected))
+    [bad] = jobs.render_file({"shard": 0, "index": 1, "file": str(docs / "broken.png")}, None, 100,
+                             unit=unit.to_dict())
+    assert bad["page"] == 0 and "broken.png" in bad["error"] and bad["widths"] == b""
+    assert jobs.unpack_rows(*jobs.pack_rows([]).values(), unit.height) == []
+
+
+def test_a_row_reader_on_ray_writes_what_one_process_writes(tmp_path, row_model_ctc, docs, ray_cluster):
+    """Pages prepared by Ray's rendering tasks and read by an actor: the same records, byte for byte, as one process
+    with page workers."""
+    cfg = dict(model=str(row_model_ctc))
+    local = jobs.run_predict(job_cfg(docs, tmp_path / "local", workers=2, **cfg), progress=False)
+    on_ray = jobs.run_predict(job_cfg(docs, tmp_path / "ray", ray="local", actors=1, **cfg), progress=False)
+    assert local["pages"] == on_ray["pages"] == 7 and local["errors"] == on_ray["errors"] == 1
+    for name in shards(tmp_path / "local"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    texts = [r["text"] for r in records(tmp_path / "ray") if "text" in r]
+    assert len(texts) == 7 and sum(map(len, texts)) > 0

@@ -167,9 +167,10 @@ def bench_ray(model: str, images: list, refs: list[str], batch_size: int, max_ne
         pages.mkdir()
         for k, im in enumerate(images):
             im.save(pages / f"{k:05d}.png")
-        # pages prepared in the model's process both ways (a Ray actor has no page workers): Ray against one process
+        # pages prepared beside the model both ways: by the one process's page workers (one a core, its default),
+        # on Ray by the rendering tasks (a row reader's actors only read)
         common = dict(inputs=[str(pages)], model=model, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                      batch_size=batch_size, device="cpu", shard_size=max(1, -(-n // (4 * actors))), workers=0)
+                      batch_size=batch_size, device="cpu", shard_size=max(1, -(-n // (4 * actors))))
         texts, secs = {}, {}
         with jobs.ray_session("local") as ray:
             cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
