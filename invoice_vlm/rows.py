@@ -380,6 +380,10 @@ def _text_lines(text: np.ndarray) -> np.ndarray:
     return lines
 
 
+# A page narrower or shorter than this (px) holds no text row: a glyph needs about as much.
+MIN_PAGE_SIDE = 8
+
+
 def segment(image: Image.Image) -> list[Box]:
     """Text rows of a page, top to bottom, as boxes around their ink with a margin."""
     return [union(parts) for parts in segment_rows(image)]
@@ -393,6 +397,8 @@ def union(parts: Sequence[Box]) -> Box:
 def segment_rows(image: Image.Image) -> list[list[Box]]:
     """Text rows of a page, top to bottom, each as the boxes of its parts (one for most rows; see ``_parts``)."""
     gray = np.asarray(image.convert("L"))
+    if min(gray.shape) < MIN_PAGE_SIDE:  # no row fits (and the quarter-size plate search would be empty)
+        return []
     hist = _histogram(gray)
     noisy = noisy_paper(gray, hist)
     text = text_mask(gray, noisy, hist)

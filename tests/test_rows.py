@@ -30,6 +30,17 @@ def test_segmenter_on_a_blank_page_finds_nothing():
     assert segment(Image.new("RGB", (400, 500), "white")) == []
 
 
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (4, 4), (3, 800), (800, 3), (7, 7)])
+@pytest.mark.parametrize("color", ["white", "black"])
+def test_a_page_too_small_for_a_row_has_none(size, color):
+    """A page a few pixels wide or high (OpenCV had raised on its empty quarter-size grid: a traceback from
+    predict) holds no row."""
+    from invoice_vlm.common import ReadingUnit
+    from invoice_vlm.rows import page_rows
+
+    assert page_rows(Image.new("RGB", size, color), ReadingUnit()) == []
+
+
 def test_segmenter_keeps_thin_grey_type_and_bold_columns_whole():
     """FreeMono at 7.4 pt and 100 dpi prints mostly anti-aliased grey: every glyph of such a row is in its box (session
     13: 6.6% of test rows were cut at an end, whole footers lost). Three bold labels stacked at 14 px are dense, but
