@@ -410,13 +410,8 @@ def _baseline_rows(chars: list[PdfChar]) -> list[list[PdfChar]]:
 def pdf_text(path: str | Path, page: int = 0) -> str:
     """The text layer of one PDF page in reading order: characters grouped into rows by baseline, rows top to
     bottom, each row left to right; a gap wider than a fifth of the type size becomes one space."""
-    import pypdfium2 as pdfium
-
     path = Path(path)
-    try:
-        pdf = pdfium.PdfDocument(str(path))
-    except (pdfium.PdfiumError, OSError) as e:
-        raise InvoiceVLMError(f"{path}: PDF does not open ({e})") from None
+    pdf = _open_pdf(path)
     try:
         if not 0 <= page < len(pdf):
             raise InvoiceVLMError(f"{path}: no page {page + 1} (the PDF has {len(pdf)})")
@@ -512,10 +507,16 @@ def _open_pdf(source: Path | bytes, name: str | None = None):
     try:
         return pdfium.PdfDocument(source if isinstance(source, bytes) else str(source))
     except (pdfium.PdfiumError, OSError) as e:
-        # pdfium says "Incorrect password error" for encrypted files and "Data format error" for broken ones
-        if "password" in str(e).lower():
+        # pdfium's error is its last one, process-wide: "Incorrect password error" for an encrypted file, "Data
+        # format error" for a broken one, but a PDF without pages fails without setting one, so it shows the code
+        # of the previous failure ("Success" if none). An encrypted PDF names its /Encrypt dictionary in the clear.
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        if b"/Encrypt" in data:
             raise InvoiceVLMError(f"{name}: PDF does not open (encrypted: it needs a password; decrypt it "
                                   "first)") from None
+        if getattr(e, "err_code", None) in (pdfium.raw.FPDF_ERR_SUCCESS, pdfium.raw.FPDF_ERR_PASSWORD):
+            raise InvoiceVLMError(f"{name}: PDF does not open (it has no pages, or a structure PDFium cannot "
+                                  "read)") from None
         raise InvoiceVLMError(f"{name}: PDF does not open ({e})") from None
 
 
