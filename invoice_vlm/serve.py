@@ -157,9 +157,10 @@ class MicroBatcher:
     async def submit(self, image, prompt: str) -> str:
         fut = asyncio.get_running_loop().create_future()
         if getattr(self.predictor, "prepares_ahead", False):
-            # a row reader with page workers: the page is prepared (deskew, segment) from now on, while the model
-            # reads earlier batches; the batch carries the Future of its rows
-            image = self.predictor.submit_page(image)
+            # a row reader with page workers: the page is prepared (deskew, segment) by a worker as soon as it
+            # arrives, while the model reads earlier batches, and joins the queue as its rows: a batch never waits
+            # on a page, and a page that fails to prepare fails its own request only
+            image = _Rows(await asyncio.wrap_future(self.predictor.submit_page(image)))
         await self.queue.put((image, prompt, fut))
         self.metrics.queue.set(self.queue.qsize())
         return await fut
@@ -195,14 +196,18 @@ class MicroBatcher:
                 if not fut.done():
                     fut.set_result(text)
 
-
     def _read(self, items: list, prompts: list[str]) -> list[str]:
-        """In the model's thread: pages, or the Futures of pages being prepared (``submit``), to their texts."""
-        from concurrent.futures import Future
-
-        if items and isinstance(items[0], Future):
-            return self.predictor.read_prepared([f.result() for f in items], prompts)
+        """In the model's thread: pages, or pages prepared by the workers (``submit``), to their texts."""
+        if items and isinstance(items[0], _Rows):
+            return self.predictor.read_prepared([i.rows for i in items], prompts)
         return self.predictor.generate_batch(items, prompts)
+
+
+@dataclass
+class _Rows:
+    """A page as its prepared rows (``Predictor.submit_page``'s result), on the batcher's queue."""
+
+    rows: list
 
 
 class Metrics:
