@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              "(default: a fifth)")
     ap.add_argument("--endpoint", default="/v1/ocr")
     ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--workers", type=int, default=-1, help="the started server's --workers (a row reader's page "
+                                                              "preparing processes; -1: one a core)")
     ap.add_argument("--max-growth", type=float, default=0.10)
     ap.add_argument("--json", type=Path, help="also write the summary here")
     args = ap.parse_args(argv)
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         server = subprocess.Popen([sys.executable, "-m", "invoice_vlm", "serve", "--model", args.model, "--port",
                                    str(port), "--batch-size", str(args.concurrency), "--max-new-tokens",
-                                   str(args.max_new_tokens)], stdout=log, stderr=subprocess.STDOUT)
+                                   str(args.max_new_tokens), "--workers", str(args.workers)],
+                                  stdout=log, stderr=subprocess.STDOUT)
     try:
         with httpx.Client(timeout=30) as client:
             for _ in range(600):

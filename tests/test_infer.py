@@ -363,6 +363,27 @@ def test_predictor_reads_a_page_row_by_row(row_model, row_pages):
         pred.predict([page], "answer en What is the total?")
 
 
+def test_a_row_reader_hands_freed_memory_back_at_most_once_an_interval(row_model_ctc, row_pages, monkeypatch):
+    """glibc's heaps keep what the row batches free (a server's memory grew 50% over 160 requests): read_rows calls
+    malloc_trim, but no more often than TRIM_EVERY_S, and the texts do not change."""
+    import invoice_vlm.infer as infer
+    from invoice_vlm.rows import page_rows
+
+    engine = Predictor.from_pretrained(str(row_model_ctc), device="cpu")
+    rows = [r for s in read_split(row_pages, "test")[:2] for r in page_rows(Image.open(s.image), engine.unit)]
+    before = engine.read_rows(rows)
+    calls = []
+    monkeypatch.setattr(infer, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(infer, "TRIM_EVERY_S", 0.0)
+    assert engine.read_rows(rows) == engine.read_rows(rows) == before and len(calls) == 2
+    monkeypatch.setattr(infer, "TRIM_EVERY_S", 3600.0)
+    engine.read_rows(rows)
+    assert len(calls) == 2
+    monkeypatch.undo()
+    infer.release_freed_memory()  # the real call, on this machine's C library
+    assert infer._malloc_trim is not None
+
+
 def test_rescore_picks_among_the_heads_readings_by_both_scores_whatever_the_batch(row_model_ctc, row_pages,
                                                                                    monkeypatch):
     """``decode`` auto = rescore: each row's text is one of its CTC head's best readings (prefix beam search), the

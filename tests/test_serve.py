@@ -228,6 +228,8 @@ def test_the_row_reader_serves_what_its_engine_reads(row_model_ctc, row_pages):
     submitted = []
     original = engine.submit_page
     engine.submit_page = lambda im: submitted.append(im.size) or original(im)
+    released = []  # when the queue runs dry, the server hands freed memory back (Predictor.release_memory)
+    engine.release_memory = lambda every_s=None: released.append(every_s)
     # (a 500 is an answer here; 200 ms for a batch to fill: concurrent requests share one)
     with client(engine, raise_server_exceptions=False, max_wait_ms=200) as c:
         with ThreadPoolExecutor(3) as pool:  # concurrent requests: their pages prepared as they arrive
@@ -236,6 +238,7 @@ def test_the_row_reader_serves_what_its_engine_reads(row_model_ctc, row_pages):
         assert [r.status_code for r in answers] == [200] * 3, answers[0].text
         assert [r.json()["pages"][0]["text"] for r in answers] == alone.predict(images)
         assert sorted(submitted) == sorted(im.size for im in images)  # each page went to the workers
+        assert 1.0 in released
         r = c.post("/v1/ocr", files={"file": ("p.png", png(image), "image/png")})
         assert r.status_code == 200, r.text
         [p] = r.json()["pages"]
