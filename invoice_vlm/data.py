@@ -510,7 +510,10 @@ def _open_pdf(source: Path | bytes, name: str | None = None):
         # pdfium's error is its last one, process-wide: "Incorrect password error" for an encrypted file, "Data
         # format error" for a broken one, but a PDF without pages fails without setting one, so it shows the code
         # of the previous failure ("Success" if none). An encrypted PDF names its /Encrypt dictionary in the clear.
-        data = source if isinstance(source, bytes) else source.read_bytes()
+        try:
+            data = source if isinstance(source, bytes) else source.read_bytes()
+        except OSError:  # (unreadable: pdfium's own message below)
+            data = b""
         if b"/Encrypt" in data:
             raise InvoiceVLMError(f"{name}: PDF does not open (encrypted: it needs a password; decrypt it "
                                   "first)") from None

@@ -392,27 +392,27 @@ def render_file(row: dict[str, Any], pages: list[int] | None, dpi: int,
     crop: ``rows.page_rows``, the work a process's page workers do) and travels as its rows (``pack_rows``), so
     preparation spreads over the cluster's cores and the actors only read. ``count`` (pages of the file) lets the
     driver tell when a file, and so a shard, is complete."""
+    from .common import ReadingUnit
     from .infer import files as fio
+    from .rows import page_rows
 
     path = Path(row["file"])
     base = {"shard": row["shard"], "index": row["index"], "file": row["file"]}
-    empty = {"widths": b""} if unit else {}
+    reading = ReadingUnit(**unit) if unit else None
+    empty = {"widths": b""} if reading else {}
     try:
         if not path.is_file():
             raise InvoiceVLMError(f"{path}: file not found")
         doc = fio.plan(path, pages, max_pages)
-        if unit is None and not doc.pdf and doc.count == 1:  # one image travels as its own bytes
+        if reading is None and not doc.pdf and doc.count == 1:  # one image travels as its own bytes
             return [{**base, "page": 1, "count": 1, "data": path.read_bytes(), "error": ""}]
         images = list(fio.page_images(doc, dpi))
     except InvoiceVLMError as e:
         return [{**base, "page": 0, "count": 1, "data": b"", "error": str(e), **empty}]
     rows = []
     for k, image in images:
-        if unit:
-            from .common import ReadingUnit
-            from .rows import page_rows
-
-            data = pack_rows(page_rows(image, ReadingUnit(**unit)))
+        if reading:
+            data = pack_rows(page_rows(image, reading))
         else:
             buf = io.BytesIO()
             image.save(buf, "PNG", compress_level=PNG_LEVEL)

@@ -431,6 +431,7 @@ class Predictor:
 # same; docs/reliability.md); a call costs 20-65 ms, so at most once every TRIM_EVERY_S seconds of reading. Allocating
 # those tensors with mmap instead (M_MMAP_THRESHOLD 64 KB) kept memory flat too, but read 1.7x slower.
 TRIM_EVERY_S = 5.0
+_malloc_trim = None  # glibc's malloc_trim once looked up; False where the C library has none
 
 
 def release_freed_memory() -> None:
@@ -447,9 +448,6 @@ def release_freed_memory() -> None:
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)
-
-
-_malloc_trim = None
 
 
 def prepare_workers(workers: int) -> int:
