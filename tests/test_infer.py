@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -384,39 +385,59 @@ def test_a_row_reader_hands_freed_memory_back_at_most_once_an_interval(row_model
     assert infer._malloc_trim is not None
 
 
-def test_rescore_picks_among_the_heads_readings_by_both_scores_whatever_the_batch(row_model_ctc, row_pages,
-                                                                                   monkeypatch):
-    """``decode`` auto = rescore: each row's text is one of its CTC head's best readings (prefix beam search), the
-    one that RESCORE_CTC_WEIGHT x its CTC log-probability + the rest x the decoder's + a bonus a character makes
-    best; the decoder scores only rows with more than one reading in the margin, never generates, and the texts are
-    the same at row batches 1, 7 and 1024."""
+def test_rescore_picks_among_the_heads_readings_and_the_decoders_own_by_both_scores_whatever_the_batch(
+        row_pages, monkeypatch):
+    """``decode`` auto = rescore, joint CTC/attention decoding: each row's text is the best, by RESCORE_CTC_WEIGHT x
+    its CTC log-probability + the rest x the decoder's + a bonus a character, of its CTC head's best readings
+    (prefix beam search) and, where the decoder would write none of them, the decoder's own greedy reading (when it
+    ends within the row's budget). The decoder scores only rows with more than one reading in the margin, and the
+    texts are the same at row batches 1, 7 and 1024 (the shipped reader: a random decoder never ends a reading)."""
     import invoice_vlm.models as models
     from invoice_vlm import infer
-    from invoice_vlm.models import decoder_log_probs, row_image_tokens
+    from invoice_vlm.models import (EMBEDDED_DIR, decoder_log_probs, decoder_readings, row_image_tokens,
+                                    row_token_budget)
 
-    pred = infer.Predictor.from_pretrained(str(row_model_ctc), device="cpu")
+    pred = infer.Predictor.from_pretrained(str(EMBEDDED_DIR), device="cpu")
     assert pred.decode == "rescore"
-    pred.model.generate = None
-    scored = []
+    scored, written = [], []
     monkeypatch.setattr(models, "decoder_log_probs",
                         lambda *a, **k: scored.append(len(a[3])) or decoder_log_probs(*a, **k))
+    monkeypatch.setattr(models, "decoder_readings",
+                        lambda *a, **k: written.append(len(a[3])) or decoder_readings(*a, **k))
     rows, texts = rows_read_at_batches(pred, row_pages, (1, 7, 1024))
-    assert texts[7] == texts[1] and texts[1024] == texts[1] and sum(scored) > 0
+    assert texts[7] == texts[1] and texts[1024] == texts[1] and sum(scored) > 0 and sum(written) > 0
     tok = pred.processor.tokenizer
-    batch = row_batch(rows[:4], None, tok, pred.unit, pred.model.config.image_token_index)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    batch = row_batch(rows, None, tok, pred.unit, pred.model.config.image_token_index)
     batch["pixel_values"] = batch["pixel_values"].to(pred.model.dtype)  # bf16 on a CPU with bf16 arithmetic
+    joined = won = 0
     with torch.no_grad():
         tokens = row_image_tokens(pred.model, batch)
         nbest = pred.ctc_head.nbest(tokens, batch["image_columns"], infer.RESCORE_BEAM, infer.RESCORE_MARGIN)
-        assert any(len(found) > 1 for found in nbest)  # the random head is unsure: the decoder has to choose
+        assert any(len(found) > 1 for found in nbest)  # the head is unsure of some rows: the decoder has to choose
         for k, found in enumerate(nbest):
-            owner = [0] * len(found)
-            att = decoder_log_probs(pred.model, {n: v[k:k + 1] for n, v in batch.items()}, tokens[k:k + 1],
-                                    [ids for ids, _ in found], owner, tok.eos_token_id, tok.pad_token_id).tolist()
+            if len(found) == 1:
+                assert tok.decode(found[0][0]).strip() == texts[1][k]
+                continue
+            one = {n: v[k:k + 1] for n, v in batch.items()}
+            got = decoder_log_probs(pred.model, one, tokens[k:k + 1], [ids for ids, _ in found], [0] * len(found),
+                                    eos, pad)
+            readings = [(ids, c, a) for (ids, c), a in zip(found, got.log_probs.tolist())]
+            if not got.greedy.any():
+                own = decoder_readings(pred.model, one, tokens[k:k + 1],
+                                       [row_token_budget(rows[k].shape[1], pred.unit, pred.max_new_tokens)], eos,
+                                       pad)[0]
+                if own is not None:
+                    c = pred.ctc_head.log_probs(tokens[k:k + 1], batch["image_columns"][k:k + 1], [own[0]])[0]
+                    if c > -math.inf:
+                        readings.append((own[0], c, own[1]))
+                        joined += 1
             total = [infer.RESCORE_CTC_WEIGHT * c + (1 - infer.RESCORE_CTC_WEIGHT) * a
-                     + infer.RESCORE_LENGTH_BONUS * len(ids) for (ids, c), a in zip(found, att)]
-            best = found[max(range(len(found)), key=total.__getitem__)][0]
-            assert tok.decode(best).strip() == texts[1][k]
+                     + infer.RESCORE_LENGTH_BONUS * len(ids) for ids, c, a in readings]
+            chosen = max(range(len(readings)), key=total.__getitem__)
+            won += chosen == len(found)
+            assert tok.decode(readings[chosen][0]).strip() == texts[1][k]
+    assert joined and won  # the decoder's own reading joined, and was some row's text
 
 
 @pytest.mark.slow

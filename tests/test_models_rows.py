@@ -135,30 +135,94 @@ def test_ctc_nbest_sums_every_path_that_spells_a_reading():
     assert ctc_nbest(lp, blank=2, beam=3)[0][0] == list(best)  # a narrow beam still finds the best reading here
 
 
+def test_ctc_head_log_probs_sum_every_path_that_spells_a_reading(row_model):
+    """CtcHead.log_probs (the score a reading the head did not propose gets in joint decoding) is the same sum over
+    frame paths as the prefix beam search gives each of its readings: brute force on a 1-column row of 2 frames;
+    a reading the row's frames cannot spell is -inf."""
+    import itertools
+    import math
+
+    from invoice_vlm.models import CtcHead
+
+    model, _ = load(row_model)
+    torch.manual_seed(1)
+    head = CtcHead.for_model(model, frames=2)
+    torch.nn.init.normal_(head.weight, std=0.5)
+    tokens = torch.randn(1, head.rows, model.config.text_config.hidden_size)  # one column
+    lp = head.logits(tokens).float().log_softmax(-1)[0].tolist()
+    truth: dict[tuple, float] = {}
+    for path in itertools.product(range(head.blank + 1), repeat=2):
+        seq = tuple(c for i, c in enumerate(path) if c != head.blank and (i == 0 or c != path[i - 1]))
+        truth[seq] = truth.get(seq, 0.0) + math.exp(lp[0][path[0]] + lp[1][path[1]])
+    readings = [[], [5], [7, 5], [9, 9], [3, 4, 5]]
+    got = head.log_probs(tokens.repeat(len(readings), 1, 1), torch.ones(len(readings), dtype=torch.long), readings)
+    for ids, g in zip(readings[:3], got):
+        assert g == pytest.approx(math.log(truth[tuple(ids)]), abs=1e-4), ids
+    assert got[3:] == [-math.inf, -math.inf]  # a repeat needs a blank between; three labels in two frames
+
+
+def _teacher_forced(model, tok, unit, row, ids):
+    """log p(ids + <eos> | row) and whether each step's most likely token is the reading's, by one forward pass."""
+    from invoice_vlm.models import row_model_inputs
+
+    one = row_batch([row], [tok.decode(ids)], tok, unit, model.config.image_token_index)
+    _, inputs = row_model_inputs(model, one)
+    labels = inputs.pop("labels")[:, 1:]
+    keep = labels != -100
+    assert labels[keep].tolist() == list(ids) + [tok.eos_token_id]
+    lp = model(**inputs).logits[:, :-1].float().log_softmax(-1)
+    return float((lp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * keep).sum()), \
+        bool((lp.argmax(-1) == labels)[keep].all())
+
+
 def test_decoder_log_probs_equal_one_forward_per_candidate(row_model):
     """Candidates scored on a shared KV cache of their row's image prefix (rows of different widths, readings of
-    different lengths) get the log-probability that one forward pass over row + reading + <eos> gives."""
-    from invoice_vlm.models import decoder_log_probs, row_image_tokens, row_model_inputs
+    different lengths) get the log-probability that one forward pass over row + reading + <eos> gives, and are
+    flagged greedy exactly when that pass's most likely token is theirs at every step."""
+    from invoice_vlm.models import decoder_log_probs, row_image_tokens
 
     model, processor = load(row_model)
     tok = processor.tokenizer
     unit = ReadingUnit.from_config(model.config)
     rows = [draw_string(random.Random(i), t, unit) for i, t in enumerate(["Total 12.50", "Nr"])]
-    cands = ["Total", "Total 12.50", "T", "Nr 1"]
+    cands = [tok(c, add_special_tokens=False)["input_ids"] for c in ["Total", "Total 12.50", "T", "Nr 1"]]
     owner = [0, 0, 0, 1]
     with torch.no_grad():
         batch = row_batch(rows, None, tok, unit, model.config.image_token_index)
-        got = decoder_log_probs(model, batch, row_image_tokens(model, batch),
-                                [tok(c, add_special_tokens=False)["input_ids"] for c in cands], owner,
-                                tok.eos_token_id, tok.pad_token_id)
-        for c, o, g in zip(cands, owner, got.tolist()):
-            one = row_batch([rows[o]], [c], tok, unit, model.config.image_token_index)
-            _, inputs = row_model_inputs(model, one)
-            labels = inputs.pop("labels")[:, 1:]
-            lp = model(**inputs).logits[:, :-1].float().log_softmax(-1)
-            keep = labels != -100
-            want = float((lp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * keep).sum())
-            assert g == pytest.approx(want, abs=1e-3)
+        got = decoder_log_probs(model, batch, row_image_tokens(model, batch), cands, owner, tok.eos_token_id,
+                                tok.pad_token_id)
+        for k, (c, o) in enumerate(zip(cands, owner)):
+            want, greedy = _teacher_forced(model, tok, unit, rows[o], c)
+            assert float(got.log_probs[k]) == pytest.approx(want, abs=1e-3)
+            assert bool(got.greedy[k]) == greedy
+
+
+def test_the_decoders_own_reading_is_greedy_with_the_log_probability_it_wrote_it_with():
+    """decoder_readings (what joins the head's readings in joint decoding), on the shipped reader: each row's reading
+    ends within its budget, decoder_log_probs flags it greedy and scores it as the decoder wrote it, and a row that
+    has not ended within its budget has no reading (it ran on)."""
+    from invoice_vlm.models import EMBEDDED_DIR, decoder_log_probs, decoder_readings, row_image_tokens
+
+    model, processor = load(EMBEDDED_DIR)
+    model = model.float()
+    tok = processor.tokenizer
+    unit = ReadingUnit.from_config(model.config)
+    texts = ["Total 12.50", "Invoice Nr 2024-117", "Rechnungsdatum: 03.05.2024"]
+    rows = [draw_string(random.Random(i), t, unit) for i, t in enumerate(texts)]
+    with torch.no_grad():
+        batch = row_batch(rows, None, tok, unit, model.config.image_token_index)
+        tokens = row_image_tokens(model, batch)
+        written = decoder_readings(model, batch, tokens, [60] * 3, tok.eos_token_id, tok.pad_token_id)
+        assert all(w is not None and len(w[0]) > 3 for w in written), written
+        got = decoder_log_probs(model, batch, tokens, [w[0] for w in written], [0, 1, 2], tok.eos_token_id,
+                                tok.pad_token_id)
+        assert got.greedy.tolist() == [True, True, True]
+        for row, (ids, score), g in zip(rows, written, got.log_probs.tolist()):
+            want, greedy = _teacher_forced(model, tok, unit, row, ids)
+            assert greedy and score == pytest.approx(want, abs=1e-3) and g == pytest.approx(want, abs=1e-3)
+        short = [len(written[0][0]), 60, 60]  # the first row's reading needs one token more (its <eos>)
+        again = decoder_readings(model, batch, tokens, short, tok.eos_token_id, tok.pad_token_id)
+        assert again[0] is None and again[1:] == written[1:]
 
 
 def test_the_row_reader_is_a_kind_like_the_page_models(row_model, tiny_model):

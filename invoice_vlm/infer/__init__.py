@@ -21,6 +21,7 @@ the head's best readings of a row where the head is unsure (``ctc``: the head al
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Hashable, Iterable, Iterator, Sequence
 
@@ -32,10 +33,13 @@ from ..common import DECODE_MODES
 
 DEFAULT_PROMPT = "ocr"
 # rescore: each row's RESCORE_BEAM best readings by the CTC head (prefix beam search), those within RESCORE_MARGIN
-# (natural log) of the best, chosen by RESCORE_CTC_WEIGHT x their CTC log-probability + the rest x the decoder's,
-# + RESCORE_LENGTH_BONUS a character (the decoder's log-probability falls with every character it has to explain).
-# WeNet's "attention rescoring"; the figures that chose these: docs/embedded-model.md section 7.
-RESCORE_BEAM, RESCORE_MARGIN, RESCORE_CTC_WEIGHT, RESCORE_LENGTH_BONUS = 8, 3.0, 0.7, 1.0
+# (natural log) of the best, and the decoder's own greedy reading where it would write none of them, chosen by
+# RESCORE_CTC_WEIGHT x their CTC log-probability + the rest x the decoder's, + RESCORE_LENGTH_BONUS a character (the
+# decoder's log-probability falls with every character it has to explain). WeNet's "attention rescoring" and
+# ESPnet's joint CTC/attention decoding; the figures that chose these: docs/embedded-model.md section 7.
+RESCORE_BEAM, RESCORE_MARGIN, RESCORE_CTC_WEIGHT, RESCORE_LENGTH_BONUS = 8, 3.0, 0.5, 1.0
+# the decoder's own reading of a row may be at most this many tokens longer than the head's longest reading
+JOIN_SLACK = 8
 
 
 def default_dtype(device: str) -> str:
@@ -256,7 +260,7 @@ class Predictor:
     def read_rows(self, rows: list[np.ndarray]) -> list[str]:
         """Transcriptions of row images (uint8, the unit's height), widest first in batches, read as ``decode``
         says."""
-        from ..models import row_image_tokens, row_model_inputs
+        from ..models import row_image_tokens, row_model_inputs, row_token_budget
 
         tok = self.processor.tokenizer
         order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])
@@ -265,18 +269,18 @@ class Predictor:
         self.model.eval()
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
         try:
+            pending: dict[int, list[tuple[list[int], float, float]]] = {}  # rows the decoder is to read as well
             for i in range(0, len(order), self.row_batch_size):
                 chunk = order[i:i + self.row_batch_size]
-                batch = self.kind.generation_inputs(self.processor, [rows[j] for j in chunk], [])
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                batch["pixel_values"] = batch["pixel_values"].to(dtype)
+                batch = self._row_inputs([rows[j] for j in chunk], dtype)
                 if self.ctc_head is not None:  # the tower and the head: the decoder's inputs are not needed
                     t0 = time.perf_counter()
                     tokens = row_image_tokens(self.model, batch)
                     if self.decode == "ctc":
                         ids = self.ctc_head.read(tokens, batch["image_columns"])
                     else:
-                        ids = self._rescore(batch, tokens)
+                        ids, left = self._rescore(batch, tokens)
+                        pending.update((chunk[k], found) for k, found in left.items())
                     self.stats["generate_seconds"] += time.perf_counter() - t0
                     self.stats["batches"] += 1
                     self.stats["new_tokens"] += sum(map(len, ids))
@@ -284,9 +288,7 @@ class Predictor:
                     continue
                 _, inputs = row_model_inputs(self.model, batch)
                 t0 = time.perf_counter()
-                # a character is at least a sixth of the row's height wide: the longest text a row can hold; each
-                # row keeps to its own budget, so a wider neighbour does not let it run on
-                budgets = [min(self.max_new_tokens, rows[j].shape[1] * 6 // self.unit.height + 8) for j in chunk]
+                budgets = [row_token_budget(rows[j].shape[1], self.unit, self.max_new_tokens) for j in chunk]
                 new = self.model.generate(**inputs, max_new_tokens=max(budgets), do_sample=False, use_cache=True,
                                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
                 self.stats["generate_seconds"] += time.perf_counter() - t0
@@ -297,6 +299,11 @@ class Predictor:
                     self.stats["new_tokens"] += int((ids != tok.pad_token_id).sum())
                     texts.append(tok.decode(ids, skip_special_tokens=True).strip())
                 out.update(zip(chunk, texts))
+            if pending:  # their own readings, written in batches of rows gathered across the chunks
+                t0 = time.perf_counter()
+                chosen = self._join_decoder_readings([rows[j] for j in pending], list(pending.values()), dtype)
+                out.update(zip(pending, (t.strip() for t in tok.batch_decode(chosen))))
+                self.stats["generate_seconds"] += time.perf_counter() - t0
         finally:
             if was_training:
                 self.model.train()
@@ -311,27 +318,66 @@ class Predictor:
             release_freed_memory()
             self._trimmed = time.monotonic()
 
-    def _rescore(self, batch: dict[str, torch.Tensor], tokens: torch.Tensor) -> list[list[int]]:
-        """Each row's best readings by the CTC head, chosen with the decoder (RESCORE_*); a row whose head has
-        one reading within the margin keeps it without the decoder."""
+    def _row_inputs(self, rows: list[np.ndarray], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        batch = self.kind.generation_inputs(self.processor, rows, [])
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        return batch
+
+    def _rescore(self, batch: dict[str, torch.Tensor],
+                 tokens: torch.Tensor) -> tuple[list[list[int]], dict[int, list[tuple[list[int], float, float]]]]:
+        """Joint CTC/attention decoding, first part: each row's best reading among the head's (RESCORE_*), and the
+        rows whose decoder would write none of the head's readings, with those readings as (ids, CTC, decoder
+        log-probability): their decoder's own reading is to join them (``_join_decoder_readings``). A row whose
+        head has one reading within the margin keeps it without the decoder."""
         from ..models import decoder_log_probs
 
         nbest = self.ctc_head.nbest(tokens, batch["image_columns"], RESCORE_BEAM, RESCORE_MARGIN)
+        out = [found[0][0] for found in nbest]
         need = [k for k, found in enumerate(nbest) if len(found) > 1]
-        if need:
-            tok = self.processor.tokenizer
-            sub = {k: v[need] for k, v in batch.items()}
-            owner = [i for i, k in enumerate(need) for _ in nbest[k]]
-            att = decoder_log_probs(self.model, sub, tokens[need], [ids for k in need for ids, _ in nbest[k]],
-                                    owner, tok.eos_token_id, tok.pad_token_id).tolist()
-            q = 0
-            for k in need:
-                found = nbest[k]
-                scores = [RESCORE_CTC_WEIGHT * ctc + (1 - RESCORE_CTC_WEIGHT) * a + RESCORE_LENGTH_BONUS * len(ids)
-                          for (ids, ctc), a in zip(found, att[q:q + len(found)])]
-                q += len(found)
-                nbest[k] = [found[max(range(len(found)), key=scores.__getitem__)]]
-        return [found[0][0] for found in nbest]
+        if not need:
+            return out, {}
+        tok = self.processor.tokenizer
+        owner = [i for i, k in enumerate(need) for _ in nbest[k]]
+        scored = decoder_log_probs(self.model, {k: v[need] for k, v in batch.items()}, tokens[need],
+                                   [ids for k in need for ids, _ in nbest[k]], owner, tok.eos_token_id,
+                                   tok.pad_token_id)
+        att, follows = iter(scored.log_probs.tolist()), scored.greedy.tolist()
+        followed = {need[o] for o, g in zip(owner, follows) if g}
+        left = {}
+        for k in need:
+            found = [(ids, ctc, next(att)) for ids, ctc in nbest[k]]
+            out[k] = _best_reading(found)
+            if k not in followed:
+                left[k] = found
+        return out, left
+
+    def _join_decoder_readings(self, rows: list[np.ndarray], readings: list[list[tuple[list[int], float, float]]],
+                               dtype: torch.dtype) -> list[list[int]]:
+        """Joint CTC/attention decoding, second part: the decoder reads each of ``rows`` itself (greedy, each row to
+        its own budget; a reading that runs past it is left out), its reading joins the row's ``readings`` with its
+        CTC log-probability, and the best by both scores is the row's. Rows widest first, in batches."""
+        from ..models import decoder_readings, row_image_tokens, row_token_budget
+
+        tok = self.processor.tokenizer
+        order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])
+        for i in range(0, len(order), self.row_batch_size):
+            part = order[i:i + self.row_batch_size]
+            batch = self._row_inputs([rows[k] for k in part], dtype)
+            tokens = row_image_tokens(self.model, batch)
+            # a reading much longer than the head's longest has run on (the head would give it next to no chance):
+            # capping it there keeps a batch of noisy rows from running to the widest row's budget
+            budgets = [min(row_token_budget(rows[k].shape[1], self.unit, self.max_new_tokens),
+                           max(len(ids) for ids, _, _ in readings[k]) + JOIN_SLACK + 1) for k in part]
+            written = decoder_readings(self.model, batch, tokens, budgets, tok.eos_token_id, tok.pad_token_id)
+            kept = [q for q, w in enumerate(written) if w is not None]
+            if not kept:
+                continue
+            ctc = self.ctc_head.log_probs(tokens[kept], batch["image_columns"][kept], [written[q][0] for q in kept])
+            for q, c in zip(kept, ctc):
+                if c > -math.inf:  # a reading the head's frames can spell
+                    readings[part[q]].append((written[q][0], c, written[q][1]))
+        return [_best_reading(found) for found in readings]
 
     def predict_stream(self, items: Iterable[tuple[Hashable, Image.Image]],
                        prompt: str = DEFAULT_PROMPT) -> Iterator[tuple[Hashable, str]]:
@@ -432,6 +478,13 @@ class Predictor:
 # those tensors with mmap instead (M_MMAP_THRESHOLD 64 KB) kept memory flat too, but read 1.7x slower.
 TRIM_EVERY_S = 5.0
 _malloc_trim = None  # glibc's malloc_trim once looked up; False where the C library has none
+
+
+def _best_reading(found: list[tuple[list[int], float, float]]) -> list[int]:
+    """The reading (ids, CTC log-probability, decoder log-probability) that RESCORE_* scores best."""
+    scores = [RESCORE_CTC_WEIGHT * c + (1 - RESCORE_CTC_WEIGHT) * a + RESCORE_LENGTH_BONUS * len(ids)
+              for ids, c, a in found]
+    return found[max(range(len(found)), key=scores.__getitem__)][0]
 
 
 def release_freed_memory() -> None:

@@ -41,9 +41,10 @@ from .paligemma import (
     TinyModelConfig, build_model, build_processor, build_tokenizer, create_tiny,
 )
 from .rows import (
-    CTC_HEAD_FILE, CtcHead, ROW_MARGIN, ROW_SPECIALS, ReadingUnit, RowKind, RowModelConfig, TRAIN_WIDTH_GRID,
-    build_char_tokenizer, build_row_model, build_row_processor, create_row_model, ctc_nbest, decoder_log_probs,
-    greedy_ctc, reading_unit_of, row_alphabet, row_batch, row_image_tokens, row_model_inputs,
+    CTC_HEAD_FILE, CtcHead, DecoderScores, ROW_MARGIN, ROW_SPECIALS, ReadingUnit, RowKind, RowModelConfig,
+    TRAIN_WIDTH_GRID, build_char_tokenizer, build_row_model, build_row_processor, create_row_model, ctc_nbest,
+    decoder_log_probs, decoder_readings, greedy_ctc, reading_unit_of, row_alphabet, row_batch, row_image_tokens,
+    row_model_inputs, row_token_budget,
 )
 
 __all__ = [  # the package's names: each kind's module, and resolve_model below
@@ -55,10 +56,11 @@ __all__ = [  # the package's names: each kind's module, and resolve_model below
     "TINY_CHAT_FAMILIES", "TinyChatConfig", "TinyIdefics3Config", "create_tiny_deepseek_ocr2",
     "create_tiny_florence2", "create_tiny_gemma3", "create_tiny_got_ocr2", "create_tiny_granite_docling",
     "create_tiny_idefics3", "create_tiny_lighton_ocr", "create_tiny_paddleocr_vl", "TinyModelConfig", "build_model",
-    "build_processor", "build_tokenizer", "create_tiny", "CTC_HEAD_FILE", "CtcHead", "ROW_MARGIN", "ROW_SPECIALS",
-    "ReadingUnit", "RowKind", "RowModelConfig", "TRAIN_WIDTH_GRID", "build_char_tokenizer", "build_row_model",
-    "build_row_processor", "create_row_model", "ctc_nbest", "decoder_log_probs", "greedy_ctc", "reading_unit_of",
-    "row_alphabet", "row_batch", "row_image_tokens", "row_model_inputs", "resolve_model",
+    "build_processor", "build_tokenizer", "create_tiny", "CTC_HEAD_FILE", "CtcHead", "DecoderScores", "ROW_MARGIN",
+    "ROW_SPECIALS", "ReadingUnit", "RowKind", "RowModelConfig", "TRAIN_WIDTH_GRID", "build_char_tokenizer",
+    "build_row_model", "build_row_processor", "create_row_model", "ctc_nbest", "decoder_log_probs",
+    "decoder_readings", "greedy_ctc", "reading_unit_of", "row_alphabet", "row_batch", "row_image_tokens",
+    "row_model_inputs", "row_token_budget", "resolve_model",
 ]
 
 

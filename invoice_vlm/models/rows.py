@@ -8,7 +8,7 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -329,6 +329,17 @@ class CtcHead(torch.nn.Linear):
             out.append([(ids, score) for ids, score in found if score >= found[0][1] - margin])
         return out
 
+    def log_probs(self, tokens: torch.Tensor, columns: torch.Tensor, readings: list[list[int]]) -> list[float]:
+        """log p(reading | its row) under the head, summed over every frame path that spells it (what ``nbest``
+        scores); -inf for a reading its row's frames cannot spell."""
+        lp = self.logits(tokens).float().log_softmax(-1)
+        frames = columns.to(lp.device) * self.frames
+        targets = torch.tensor([t for r in readings for t in r], dtype=torch.long, device=lp.device)
+        nll = torch.nn.functional.ctc_loss(lp.transpose(0, 1), targets, frames,
+                                           torch.tensor([len(r) for r in readings], device=lp.device),
+                                           blank=self.blank, reduction="none")
+        return [-x for x in nll.tolist()]
+
 
 def greedy_ctc(logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
     """Best path of CTC logits (B, T, V) over each row's first ``lengths`` frames: repeats collapsed, blanks
@@ -393,12 +404,18 @@ def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -7.0) 
 _RESCORE_GROUP = 48  # remainders a forward pass
 
 
+class DecoderScores(NamedTuple):
+    log_probs: torch.Tensor  # log p(candidate + <eos> | its row), one a candidate
+    greedy: torch.Tensor  # bool, one a candidate: the decoder's most likely token at each of its steps, <eos> last
+    # included, is the candidate's own (greedy decoding would write exactly this candidate)
+
+
 def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor, candidates: list[list[int]],
-                      owner: list[int], eos: int, pad: int) -> torch.Tensor:
+                      owner: list[int], eos: int, pad: int) -> DecoderScores:
     """log p(candidate + <eos> | its row) under the decoder, for token sequences each of a row of ``batch`` (a
-    ``row_batch`` without texts; ``owner``: each candidate's row). A row's image prefix and the first tokens all its
-    candidates share run once; its KV cache is repeated for the candidates' remainders, which run in groups of
-    similar length."""
+    ``row_batch`` without texts; ``owner``: each candidate's row), and whether the decoder would write the candidate
+    itself. A row's image prefix and the first tokens all its candidates share run once; its KV cache is repeated
+    for the candidates' remainders, which run in groups of similar length."""
     dev = tokens.device
     n, head = batch["input_ids"].shape
     seqs = [list(c) + [eos] for c in candidates]
@@ -425,10 +442,15 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
     ids = ids.to(dev)
     shared = torch.stack([lp[r, head - 1:head - 1 + common[r]].gather(-1, ids[r, head:head + common[r], None]).sum()
                           for r in range(n)])
+    top = lp.argmax(-1)
+    shared_greedy = torch.stack([top[r, head - 1:head - 1 + common[r]].eq(ids[r, head:head + common[r]]).all()
+                                 for r in range(n)])
     tails = [s[common[o]:] for s, o in zip(seqs, owner)]
     idx = torch.tensor(owner, device=dev)
     start = lp[idx, head - 1 + torch.tensor([common[o] for o in owner], device=dev)]
-    first = start.gather(1, torch.tensor([[t[0]] for t in tails], device=dev))[:, 0]
+    first_ids = torch.tensor([t[0] for t in tails], device=dev)
+    first = start.gather(1, first_ids[:, None])[:, 0]
+    greedy = shared_greedy[idx] & start.argmax(-1).eq(first_ids)
     # transformers 5.25 renamed the forward's past_key_values to cache (the old name warns until 5.40)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -451,7 +473,32 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
         logits = model(input_ids=cand, attention_mask=torch.cat([inputs["attention_mask"][sel], cmask], 1),
                        position_ids=positions, **{name: past}).logits.float().log_softmax(-1)
         rest[group] = (logits[:, :-1].gather(-1, cand[:, 1:, None])[..., 0] * cmask[:, 1:]).sum(-1)
-    return shared[idx] + first + rest
+        greedy[group] &= (logits[:, :-1].argmax(-1).eq(cand[:, 1:]) | ~cmask[:, 1:].bool()).all(-1)
+    return DecoderScores(shared[idx] + first + rest, greedy)
+
+
+def row_token_budget(width: int, unit: ReadingUnit, most: int | None = None) -> int:
+    """The most tokens a row ``width`` pixels wide (its own width, without ROW_MARGIN) can hold: a character is at
+    least a sixth of the row's height wide, plus 8. Each row keeps to its own budget, so that a wider neighbour in its
+    batch does not let it run on."""
+    budget = width * 6 // unit.height + 8
+    return budget if most is None else min(most, budget)
+
+
+def decoder_readings(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor, budgets: list[int], eos: int,
+                     pad: int) -> list[tuple[list[int], float] | None]:
+    """The decoder's own greedy reading of each row of ``batch`` (a ``row_batch`` without texts, ``tokens`` its image
+    tokens) with its log p(reading + <eos> | row); None for a row that has not ended within its budget (it ran on)."""
+    _, inputs = row_model_inputs(model, batch, tokens=tokens)
+    out = model.generate(**inputs, max_new_tokens=max(budgets), do_sample=False, use_cache=True, eos_token_id=eos,
+                         pad_token_id=pad, return_dict_in_generate=True, output_logits=True)
+    written = out.sequences[:, -len(out.logits):]  # the new tokens (a decoder-only generate may return the prompt)
+    lp = torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, written[..., None])[..., 0]
+    readings: list[tuple[list[int], float] | None] = []
+    for row, row_lp, budget in zip(written.tolist(), lp, budgets):
+        end = row.index(eos) if eos in row else len(row)
+        readings.append((row[:end], float(row_lp[:end + 1].sum())) if end < budget else None)
+    return readings
 
 
 def create_row_model(out: str | Path, cfg: RowModelConfig | None = None) -> Path:
