@@ -14,7 +14,8 @@ same interface: each page is cut into rows by ``invoice_vlm.rows.segment`` (pixe
 a batch are read together, widest first in batches of ``row_batch_size``, and each page's text is its rows
 joined by newlines. A row reader with a CTC head beside its weights (``models.CtcHead``) reads a row in one pass
 of its vision tower and the head; by default (``decode`` ``auto`` or ``rescore``) the decoder then chooses among
-the head's best readings of a row where the head is unsure (``ctc``: the head alone; ``generate``: the decoder).
+the head's best readings of a row where the head is unsure, its own reading among them where it would write none
+(joint CTC/attention decoding; ``ctc``: the head alone; ``generate``: the decoder).
 ``extract`` on such a model gives the fields that the rule-based field reader
 (``invoice_vlm.fields.fields_from_text``) finds in that transcription, as the same JSON.
 """
