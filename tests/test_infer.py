@@ -390,8 +390,9 @@ def test_rescore_picks_among_the_heads_readings_and_the_decoders_own_by_both_sco
     """``decode`` auto = rescore, joint CTC/attention decoding: each row's text is the best, by RESCORE_CTC_WEIGHT x
     its CTC log-probability + the rest x the decoder's + a bonus a character, of its CTC head's best readings
     (prefix beam search) and, where the decoder would write none of them, the decoder's own greedy reading (when it
-    ends within the row's budget). The decoder scores only rows with more than one reading in the margin, and the
-    texts are the same at row batches 1, 7 and 1024 (the shipped reader: a random decoder never ends a reading)."""
+    ends within the row's budget and JOIN_SLACK tokens of the head's longest reading). The decoder scores only
+    rows with more than one reading in the margin, and the texts are the same at row batches 1, 7 and 1024 (the
+    shipped reader: a random decoder never ends a reading)."""
     import invoice_vlm.models as models
     from invoice_vlm import infer
     from invoice_vlm.models import (EMBEDDED_DIR, decoder_log_probs, decoder_readings, row_image_tokens,
@@ -424,9 +425,10 @@ def test_rescore_picks_among_the_heads_readings_and_the_decoders_own_by_both_sco
                                     eos, pad)
             readings = [(ids, c, a) for (ids, c), a in zip(found, got.log_probs.tolist())]
             if not got.greedy.any():
-                own = decoder_readings(pred.model, one, tokens[k:k + 1],
-                                       [row_token_budget(rows[k].shape[1], pred.unit, pred.max_new_tokens)], eos,
-                                       pad)[0]
+                # its budget: the row's own, and no more than JOIN_SLACK past the head's longest reading
+                budget = min(row_token_budget(rows[k].shape[1], pred.unit, pred.max_new_tokens),
+                             max(len(ids) for ids, _ in found) + infer.JOIN_SLACK + 1)
+                own = decoder_readings(pred.model, one, tokens[k:k + 1], [budget], eos, pad)[0]
                 if own is not None:
                     c = pred.ctc_head.log_probs(tokens[k:k + 1], batch["image_columns"][k:k + 1], [own[0]])[0]
                     if c > -math.inf:

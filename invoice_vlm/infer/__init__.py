@@ -472,6 +472,13 @@ class Predictor:
         return list(self.predict_iter(images, prompt))
 
 
+def _best_reading(found: list[tuple[list[int], float, float]]) -> list[int]:
+    """The reading (ids, CTC log-probability, decoder log-probability) that RESCORE_* scores best."""
+    scores = [RESCORE_CTC_WEIGHT * c + (1 - RESCORE_CTC_WEIGHT) * a + RESCORE_LENGTH_BONUS * len(ids)
+              for ids, c, a in found]
+    return found[max(range(len(found)), key=scores.__getitem__)][0]
+
+
 # glibc keeps what a row reader's batches free (many tensors of a few hundred KB, each batch's rows of other widths)
 # in its heaps, fragmented: a server's resident memory grew 50% over 160 requests and the engine's from 0.9 to 1.6 GB
 # over 8 passes over the same 16 pages. malloc_trim hands the free pages back (RSS flat at 0.82 GB, reading time the
@@ -479,13 +486,6 @@ class Predictor:
 # those tensors with mmap instead (M_MMAP_THRESHOLD 64 KB) kept memory flat too, but read 1.7x slower.
 TRIM_EVERY_S = 5.0
 _malloc_trim = None  # glibc's malloc_trim once looked up; False where the C library has none
-
-
-def _best_reading(found: list[tuple[list[int], float, float]]) -> list[int]:
-    """The reading (ids, CTC log-probability, decoder log-probability) that RESCORE_* scores best."""
-    scores = [RESCORE_CTC_WEIGHT * c + (1 - RESCORE_CTC_WEIGHT) * a + RESCORE_LENGTH_BONUS * len(ids)
-              for ids, c, a in found]
-    return found[max(range(len(found)), key=scores.__getitem__)][0]
 
 
 def release_freed_memory() -> None:
