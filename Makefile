@@ -8,7 +8,8 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 APT_PACKAGES := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-crosextra-carlito \
   fonts-crosextra-caladea fonts-lato fonts-open-sans tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu \
-  tesseract-ocr-fra tesseract-ocr-spa tesseract-ocr-ita tesseract-ocr-nld chromium chromium-driver
+  tesseract-ocr-fra tesseract-ocr-spa tesseract-ocr-ita tesseract-ocr-nld chromium chromium-driver \
+  wamerican wngerman wfrench wspanish witalian
 BIN := $(VENV)/bin
 
 .PHONY: demo test install clean bench docs gpu-carry fuzz
@@ -16,7 +17,8 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@# Synthetic invoices are drawn with fonts from Debian packages; Tesseract checks them (and is an OCR baseline).
+	@# Synthetic invoices are drawn with fonts from Debian packages; Tesseract checks them (and is an OCR baseline);
+	@# the row reader's rescoring favours the words of Debian's word lists (invoice_vlm/infer/lexicon.py).
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \

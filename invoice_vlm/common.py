@@ -30,6 +30,8 @@ MAX_DOCUMENT_PAGES = 200
 DECODE_MODES = ("auto", "rescore", "ctc", "generate")
 DECODE_HELP = ("a row reader with a CTC head: auto (rescore) | rescore (the head's best readings of a row, the "
                "decoder choosing) | ctc (the head alone: fastest) | generate (the decoder alone)")
+LEXICON_HELP = ("words the rescoring favours: auto (the system's word lists in /usr/share/dict, as make install "
+                "installs them) | none | a word list file (one word a line) or a folder of them")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .common import DECODE_HELP, DECODE_MODES, MAX_DOCUMENT_PAGES, InvoiceVLMError, environment_info, write_json
+from .common import (DECODE_HELP, DECODE_MODES, LEXICON_HELP, MAX_DOCUMENT_PAGES, InvoiceVLMError, environment_info,
+                     write_json)
 
 # Logical CPUs held by each rendering task on Ray (it keeps one core busy while it runs): the actors must leave at
 # least this much, or no page is ever rendered and the job waits forever.
@@ -63,6 +64,7 @@ class PredictJobConfig:
     min_new_tokens: int = field(default=0, metadata={"help": "benchmarks only: at least this many tokens a page"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
+    lexicon: str = field(default="auto", metadata={"help": LEXICON_HELP})
     workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
                                                        "beside the model, reading one batch as they prepare the next "
                                                        "(-1: one a core; 0: in its own process)"})
@@ -109,6 +111,7 @@ class PredictJobConfig:
         return {"model": model_id(self.model), "task": self.task, "prompt": self.prompt_text,
                 "pages": self.page_list, "dpi": self.dpi, "max_new_tokens": self.max_new_tokens,
                 "min_new_tokens": self.min_new_tokens, "quantize": self.quantize or None, "decode": self.decode,
+                "lexicon": self.lexicon,
                 "shard_size": self.shard_size, "files": len(files),
                 "files_sha256": hashlib.sha256("\n".join(files).encode()).hexdigest()}
 
@@ -296,7 +299,8 @@ def _run_local(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Ca
     predictor = Predictor.from_pretrained(cfg.model, device=cfg.device or None, dtype=cfg.dtype or None,
                                           quantize=cfg.quantize or None, compile=cfg.compile,
                                           max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                                          batch_size=cfg.batch_size, decode=cfg.decode, workers=cfg.workers)
+                                          batch_size=cfg.batch_size, decode=cfg.decode, workers=cfg.workers,
+                                          lexicon=cfg.lexicon)
     wanted = cfg.page_list
     try:
         for shard in todo:
@@ -513,7 +517,7 @@ def _run_ray(cfg: PredictJobConfig, out: Path, todo: list[Shard], on_error: Call
                            device=cfg.device or None,
                            dtype=cfg.dtype or None, quantize=cfg.quantize or None, compile=cfg.compile,
                            max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                           batch_size=cfg.batch_size, decode=cfg.decode)))
+                           batch_size=cfg.batch_size, decode=cfg.decode, lexicon=cfg.lexicon)))
     by_number = {s.number: s for s in todo}
     texts: dict[int, dict[int, dict[int, str]]] = {s.number: {} for s in todo}
     errors: dict[int, dict[int, str]] = {s.number: {} for s in todo}
@@ -595,7 +599,8 @@ def eval_on_ray(cfg, samples: list, info: dict[str, Any], workdir: Path, skipped
     info.update(model=cfg.model, max_new_tokens=max_new, ray=cfg.ray, actors=cfg.actors)
     job = PredictJobConfig(inputs=sorted({str(s.image) for s in samples}), out=str(workdir / "job"), model=cfg.model,
                            task=cfg.task, prompt=cfg.prompt, max_new_tokens=max_new, batch_size=cfg.batch_size,
-                           decode=cfg.decode, ray=cfg.ray, actors=cfg.actors, cpus_per_actor=cfg.cpus_per_actor,
+                           decode=cfg.decode, lexicon=cfg.lexicon, ray=cfg.ray, actors=cfg.actors,
+                           cpus_per_actor=cfg.cpus_per_actor,
                            shard_size=max(100, len(samples)))
     run_predict(job, on_error=skipped.append)
     return read_predictions(workdir / "job", samples, skipped, task=cfg.task)

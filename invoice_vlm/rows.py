@@ -26,7 +26,7 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), pixels
 
 
 # Bumped whenever segment() cuts rows differently: cached training rows (pretraining's row banks) are keyed by it.
-SEGMENTER_VERSION = 9
+SEGMENTER_VERSION = 10
 
 
 # Pixel operations: OpenCV where it is installed (a dependency; 5-10x faster than scipy.ndimage on a page), and
@@ -418,6 +418,7 @@ def segment_rows(image: Image.Image) -> list[list[Box]]:
     for band in merged:
         rows = [row for top, bottom in _split_band(profile, band, typical)
                 for row in (_columns(text, top, bottom, typical) or [[(0, top, width, bottom)]])]
+        rows = [row for parts in rows for row in (_stacked(text, parts, typical) or [parts])]
         for parts in rows:
             kept = []
             for left, top, right, bottom in parts:
@@ -548,7 +549,24 @@ def _join_fragments(bands: list[list[int]], typical: float) -> list[list[int]]:
     return merged
 
 
-def _columns(text: np.ndarray, top: int, bottom: int, typical: float) -> list[list[Box]] | None:
+def _stacked(text: np.ndarray, parts: list[Box], typical: float) -> list[list[Box]] | None:
+    """A row still taller than 1.5 rows with no gutter to part it, in which a label of two lines stands a word's
+    gap from one-line labels set between them (a table header's "Art-Nr-Lief." over "Art-Nr" beside "Pos" and
+    "Beschreibung"; one crop of it was read as garbage): cut at its word gaps (half a row) instead, and its lines
+    grouped as ``_columns`` groups them. None where no word holds two lines (a line of large type), or where a
+    piece is no line of type: taller than 1.5 rows (a logo, whose pieces would be read as garbage rows of their
+    own) or under 0.55 of one (a shaded banner's edge left in a word)."""
+    if len(parts) != 1 or parts[0][3] - parts[0][1] <= 1.5 * typical:
+        return None
+    left, top, right, bottom = parts[0]
+    rows = _columns(text, top, bottom, typical, gutter=0.5 * typical, within=(left, right))
+    if rows is None or any(not 0.55 * typical <= p[3] - p[1] <= 1.5 * typical for row in rows for p in row):
+        return None
+    return rows
+
+
+def _columns(text: np.ndarray, top: int, bottom: int, typical: float, gutter: float | None = None,
+             within: tuple[int, int] | None = None) -> list[list[Box]] | None:
     """A band still taller than 1.5 rows after _split_band may be side-by-side blocks whose lines interleave (an
     account number in large type beside a summary's two lines, an address beside a totals box): no pixel row is
     empty across the page, and no thin one either, so the page's profile cannot part them. Such a band is cut at
@@ -559,8 +577,10 @@ def _columns(text: np.ndarray, top: int, bottom: int, typical: float) -> list[li
     tall, has no gutter, or no block holds two lines (a line of large type, or one with a gap: it stays whole)."""
     if bottom - top <= 1.5 * typical:
         return None
+    x0, x1 = within or (0, text.shape[1])
+    band = text[top:bottom, x0:x1]
+    spans = [(x0 + a, x0 + b) for a, b in _spans(band.any(axis=0), 2 * typical if gutter is None else gutter)]
     band = text[top:bottom]
-    spans = _spans(band.any(axis=0), 2 * typical)
     if len(spans) < 2:
         return None
     parts: list[Box] = []
@@ -867,19 +887,21 @@ def _rotate(image: Image.Image, angle: float) -> Image.Image:
     return Image.fromarray(out)
 
 
-def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit) -> Image.Image:
+def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit, squeeze: bool = True) -> Image.Image:
     """The crop scaled to the unit's height (greyscale kept as RGB, which image processors expect). A row in parts
     (``segment_rows``; a flat sequence of four numbers a part, as training records store it): each part scaled to
-    the height, side by side, then as one crop."""
+    the height, side by side, then as one crop. A row wider than the unit's ``max_width`` is squeezed to it, as
+    training takes it, unless ``squeeze`` is off: the engine reads such a row in pieces (``row_pieces``)."""
     flat = [v for b in box for v in (b if isinstance(b, (tuple, list)) else [b])]
     if len(flat) > 4:
-        pieces = [row_image(image, tuple(flat[i:i + 4]), unit).convert("L") for i in range(0, len(flat), 4)]
+        pieces = [row_image(image, tuple(flat[i:i + 4]), unit, squeeze).convert("L")
+                  for i in range(0, len(flat), 4)]
         joined = Image.new("L", (sum(p.width for p in pieces), unit.height), 255)
         x = 0
         for p in pieces:
             joined.paste(p, (x, 0))
             x += p.width
-        if joined.width > unit.max_width:
+        if squeeze and joined.width > unit.max_width:
             joined = joined.resize((unit.max_width, unit.height), Image.Resampling.BILINEAR)
         return joined.convert("RGB")
     crop = image.crop(tuple(flat)).convert("L")
@@ -889,8 +911,47 @@ def row_image(image: Image.Image, box: Box | Sequence[Box], unit: ReadingUnit) -
         crop = ImageOps.invert(crop)
     crop = _without_rules(crop)
     w, h = crop.size
-    width = max(unit.multiple, min(unit.max_width, round(w * unit.height / max(1, h))))
+    width = max(unit.multiple, round(w * unit.height / max(1, h)))
+    width = min(unit.max_width, width) if squeeze else width
     return crop.resize((width, unit.height), Image.Resampling.BILINEAR).convert("RGB")
+
+
+def row_pieces(row: np.ndarray, unit: ReadingUnit) -> list[np.ndarray]:
+    """A row (uint8 grey, the unit's height) as the reader takes it: itself up to the unit's ``max_width``; a wider
+    one (terms or an address in small type across the page: 173 of the real invoices' 4,546 rows), cut at word gaps
+    into pieces no wider, each padded as a crop is, which the engine reads in turn and joins by a space. Squeezed
+    to ``max_width`` when it has no gap to cut at. Squeezed, a 160-character footer was read "At Fipkar e 1Ty o
+    diver perfecly"; read at its width, the decoder runs on past the widths it learned (docs/embedded-model.md §7)."""
+    h, w = row.shape
+    if w <= unit.max_width:
+        return [row]
+    blank = (row < 160).sum(axis=0) == 0
+    # word gaps: runs of blank columns at least a fifth of the row high (letters stand a pixel or three apart)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], blank.astype(np.int8), [0]])))
+    runs = [(a, b) for a, b in zip(edges[::2].tolist(), edges[1::2].tolist()) if b - a >= max(3, h // 5)]
+    pad = max(2, round(0.5 * h / 1.3))  # a crop's margin (``_padded``: half the ink's height; ink ~ h / 1.3)
+    pieces, start = [], 0
+    while w - start > unit.max_width - pad:
+        # the widest gap whose middle leaves the piece, padded, within max_width, in the piece's second half
+        fits = [(b - a, (a + b) // 2) for a, b in runs if start + unit.max_width // 2 < (a + b) // 2
+                <= start + unit.max_width - 2 * pad]
+        if not fits:
+            squeezed = Image.fromarray(row).resize((unit.max_width, h), Image.Resampling.BILINEAR)
+            return [np.asarray(squeezed)]
+        cut = max(fits)[1]
+        pieces.append(row[:, start:cut])
+        start = cut
+    pieces.append(row[:, start:])
+    return [_with_margin(p, pad)[:, :unit.max_width] for p in pieces]
+
+
+def _with_margin(piece: np.ndarray, pad: int) -> np.ndarray:
+    """A piece of a row with its ink ``pad`` columns of white from either end, as a crop has."""
+    ink = np.flatnonzero((piece < 160).any(axis=0))
+    if len(ink) == 0:
+        return piece
+    core = piece[:, ink[0]:ink[-1] + 1]
+    return np.pad(core, ((0, 0), (pad, pad)), constant_values=255)
 
 
 def _without_rules(crop: Image.Image) -> Image.Image:
@@ -932,7 +993,7 @@ def page_rows(image: Image.Image, unit: ReadingUnit) -> list[np.ndarray]:
     the unit (uint8 grey), top to bottom. The engine's whole preparation of a page, in its process or in worker
     processes."""
     image = deskew(rectify(image.convert("L"))[0])  # (grey from the start: the engine sends its workers grey pages)
-    return [np.asarray(row_image(image, parts, unit).convert("L")) for parts in segment_rows(image)]
+    return [np.asarray(row_image(image, parts, unit, squeeze=False).convert("L")) for parts in segment_rows(image)]
 
 
 def prepare_worker() -> None:

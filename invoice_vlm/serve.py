@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import DECODE_HELP, InvoiceVLMError
+from .common import DECODE_HELP, LEXICON_HELP, InvoiceVLMError
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/tiff", "image/webp", "image/bmp", "image/gif"}
 ALLOWED_TYPES = IMAGE_TYPES | {"application/pdf", "application/octet-stream"}
@@ -45,6 +45,7 @@ class ServeConfig:
     api_key: str | None = field(default=None, metadata={"help": "require this key (X-API-Key or Bearer)"})
     quantize: str | None = field(default=None, metadata={"help": "int8 (CPU)"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
+    lexicon: str = field(default="auto", metadata={"help": LEXICON_HELP})
     workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing each page (deskew, segment) "
                                                        "as it arrives, while the model reads (-1: one a core; 0: in "
                                                        "the model's thread)"})
@@ -396,5 +397,6 @@ def main(cfg: ServeConfig) -> None:
     from .infer import Predictor
 
     predictor = Predictor.from_pretrained(cfg.model, quantize=cfg.quantize, max_new_tokens=cfg.max_new_tokens,
-                                          batch_size=cfg.batch_size, decode=cfg.decode, workers=cfg.workers)
+                                          batch_size=cfg.batch_size, decode=cfg.decode, workers=cfg.workers,
+                                          lexicon=cfg.lexicon)
     uvicorn.run(create_app(predictor, cfg, cfg.model), host=cfg.host, port=cfg.port, log_level="info")

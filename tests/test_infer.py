@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -388,18 +389,21 @@ def test_a_row_reader_hands_freed_memory_back_at_most_once_an_interval(row_model
 def test_rescore_picks_among_the_heads_readings_and_the_decoders_own_by_both_scores_whatever_the_batch(
         row_pages, monkeypatch):
     """``decode`` auto = rescore, joint CTC/attention decoding: each row's text is the best, by RESCORE_CTC_WEIGHT x
-    its CTC log-probability + the rest x the decoder's + a bonus a character, of its CTC head's best readings
+    its CTC log-probability + the rest x the decoder's + a bonus a character and a word of the system's word lists
+    (a set of the words here, against the engine's hashes), of its CTC head's best readings
     (prefix beam search) and, where the decoder would write none of them, the decoder's own greedy reading (when it
     ends within the row's budget and JOIN_SLACK tokens of the head's longest reading). The decoder scores only
     rows with more than one reading in the margin, and the texts are the same at row batches 1, 7 and 1024 (the
     shipped reader: a random decoder never ends a reading)."""
     import invoice_vlm.models as models
     from invoice_vlm import infer
+    from invoice_vlm.infer.lexicon import WORD
     from invoice_vlm.models import (EMBEDDED_DIR, decoder_log_probs, decoder_readings, row_image_tokens,
                                     row_token_budget)
 
     pred = infer.Predictor.from_pretrained(str(EMBEDDED_DIR), device="cpu")
-    assert pred.decode == "rescore"
+    assert pred.decode == "rescore" and pred.lexicon is not None  # make install installs the word lists
+    words = {w.lower() for f in pred.lexicon.files for w in open(f, encoding="utf-8").read().split()}
     scored, written = [], []
     monkeypatch.setattr(models, "decoder_log_probs",
                         lambda *a, **k: scored.append(len(a[3])) or decoder_log_probs(*a, **k))
@@ -435,7 +439,9 @@ def test_rescore_picks_among_the_heads_readings_and_the_decoders_own_by_both_sco
                         readings.append((own[0], c, own[1]))
                         joined += 1
             total = [infer.RESCORE_CTC_WEIGHT * c + (1 - infer.RESCORE_CTC_WEIGHT) * a
-                     + infer.RESCORE_LENGTH_BONUS * len(ids) for ids, c, a in readings]
+                     + infer.RESCORE_LENGTH_BONUS * len(ids)
+                     + infer.RESCORE_LEXICON_BONUS * sum(w.lower() in words for w in WORD.findall(tok.decode(ids)))
+                     for ids, c, a in readings]
             chosen = max(range(len(readings)), key=total.__getitem__)
             won += chosen == len(found)
             assert tok.decode(readings[chosen][0]).strip() == texts[1][k]
@@ -455,3 +461,58 @@ def test_a_rows_text_does_not_depend_on_its_batch(row_pages, decode):
     rows, texts = rows_read_at_batches(pred, row_pages, (1, 7, 1024))
     assert len(rows) > 20 and sum(len(t) for t in texts[1]) > 10 * len(rows)
     assert texts[7] == texts[1] and texts[1024] == texts[1]
+
+
+def test_a_row_wider_than_the_reader_takes_is_read_in_pieces_joined_by_a_space(tmp_path):
+    """A footer in small type across the page is wider than the reader's rows (1,536 px at 32 px high): read in
+    pieces cut at word gaps (``rows.row_pieces``), their texts joined by a space, in its place among the rows; read
+    squeezed, as before, the same row came out worse."""
+    import jiwer
+
+    from invoice_vlm.models import EMBEDDED_DIR
+    from invoice_vlm.rows import row_image, row_pieces
+    from invoice_vlm.synth import get_font
+
+    text = ("Returns Policy: At our shop we try to deliver perfectly each and every time. But in the off-chance "
+            "that you need to return the item, please do so with the original box and price tag.")
+    im = Image.new("RGB", (1700, 60), "white")
+    ImageDraw.Draw(im).text((20, 20), text, font=get_font("DejaVuSans", False, 14), fill="black")
+    pred = Predictor.from_pretrained(str(EMBEDDED_DIR), device="cpu", lexicon="none")
+    box = segment(im)[0]
+    wide = np.asarray(row_image(im, box, pred.unit, squeeze=False).convert("L"))
+    squeezed = np.asarray(row_image(im, box, pred.unit).convert("L"))
+    pieces = row_pieces(wide, pred.unit)
+    assert wide.shape[1] > pred.unit.max_width and len(pieces) == 2
+    short = np.asarray(row_image(page("Total 12.50", size=(200, 40)), segment(page("Total 12.50", size=(200, 40)))[0],
+                                 pred.unit).convert("L"))
+    got = pred.read_rows([short, wide, short])
+    alone = pred.read_rows(pieces)
+    assert got == [got[0], " ".join(alone), got[0]] and got[0] == pred.read_rows([short])[0]
+    assert jiwer.cer(text, got[1]) < 0.5 * jiwer.cer(text, pred.read_rows([squeezed])[0])
+
+
+def test_the_lexicon_counts_known_words_and_names_a_bad_list(tmp_path, monkeypatch):
+    """``infer.lexicon``: a word list's words (runs of two letters or more, case aside) are known, others not; the
+    list is cached so the next process loads it without reading the text; ``none`` is no lexicon; a missing path
+    is one line naming it; ``auto`` without the system's lists warns and reads without one."""
+    from invoice_vlm.infer import lexicon as lx
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    words = tmp_path / "german"
+    words.write_text("Käufer\nId\nNr\nRechnung\n", encoding="utf-8")
+    lex = lx.load_lexicon(str(words))
+    assert lex.describe() == {"files": [str(words)], "words": 4}
+    assert lex.known("USt.-Id.-Nr.: Käufer/Leistungsempfänger") == 3  # Id, Nr, Käufer: not USt, not the other
+    assert lex.known("USt.-1d.-Nr.: Käufez") == 1 and lex.known("42 / 7") == 0
+    assert lex.known("KÄUFER rechnung") == 2
+    assert list((tmp_path / "cache" / "invoice-vlm").glob("lexicon-*.npy"))
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("read again despite the cache"))
+    assert lx.load_lexicon(str(words)).known("Käufer") == 1
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert lx.load_lexicon("none") is None
+    with pytest.raises(InvoiceVLMError, match="nowhere.*no such file"):
+        lx.load_lexicon(str(tmp_path / "nowhere"))
+    monkeypatch.setattr(lx, "LEXICON_DIR", tmp_path / "empty")
+    with pytest.warns(UserWarning, match="no word lists"):
+        assert lx.load_lexicon("auto") is None

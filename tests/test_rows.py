@@ -587,3 +587,85 @@ def test_deskew_finds_the_angle_a_page_was_turned(row_pages):
     assert deskew(page) is page  # a straight page is left as it is
 
 
+
+
+def test_a_row_wider_than_the_unit_is_cut_at_word_gaps_into_padded_pieces():
+    """A footer in small type across the page is wider than a row may be: cut at word gaps into pieces no wider
+    than ``max_width``, every letter in one piece, each piece's ink a crop's margin from its ends; a row with no
+    gap to cut at is squeezed, as training squeezes it; a row that fits is left as it is."""
+    from invoice_vlm.common import ReadingUnit
+    from invoice_vlm.rows import row_image, row_pieces
+
+    words = "Returns Policy: At Flipkart we try to deliver perfectly each and every time, please".split()
+    page = _page([(20, " ".join(words), "black", 14)], size=(1400, 60))
+    unit = ReadingUnit(max_width=512)
+    box = segment(page)[0]
+    row = np.asarray(row_image(page, box, unit, squeeze=False).convert("L"))
+    assert row.shape[0] == unit.height and row.shape[1] > 2 * unit.max_width
+    squeezed = np.asarray(row_image(page, box, unit).convert("L"))
+    assert squeezed.shape == (unit.height, unit.max_width)  # training's crop, and the default
+
+    pieces = row_pieces(row, unit)
+    assert len(pieces) >= 3 and all(p.shape[0] == unit.height and p.shape[1] <= unit.max_width for p in pieces)
+    ink = [(p < 160).sum() for p in pieces]
+    assert sum(ink) == (row < 160).sum()  # cut in gaps only: no letter split or lost
+    pad = round(0.5 * unit.height / 1.3)
+    for p in pieces:
+        cols = np.flatnonzero((p < 160).any(axis=0))
+        assert cols[0] == pad and p.shape[1] - 1 - cols[-1] == pad
+    # the cuts fall in word gaps: pieces side by side hold as many words as the row
+    gaps = [np.diff(np.flatnonzero((p < 160).any(axis=0))) for p in pieces]
+    assert sum(int((g > unit.height // 5).sum()) + 1 for g in gaps) == len(words)
+
+    solid = np.full((unit.height, 3 * unit.max_width), 255, np.uint8)
+    solid[8:24] = 0  # a bar with no gap to cut at
+    (one,) = row_pieces(solid, unit)
+    assert one.shape == (unit.height, unit.max_width)
+    narrow = row[:, :unit.max_width]
+    assert row_pieces(narrow, unit)[0] is narrow
+
+
+def test_a_row_holding_a_two_line_label_between_one_line_labels_is_cut_into_its_lines():
+    """Segmenter v10. A table header whose "Art-Nr-Lief." stands over "Art-Nr" a word's gap from "Pos" and
+    "Beschreibung", set between the two (the ZUGFeRD samples' headers; no gutter two rows wide to part them): one
+    crop of it was read as garbage. Cut at word gaps, its lines are rows top to bottom, the one-line labels a row
+    of their own between the label's two lines. A line of large type (no word of two lines) and a logo (a word
+    taller than 1.5 rows) stay whole."""
+    from PIL import ImageDraw
+
+    from invoice_vlm.rows import _stacked, text_mask
+    from invoice_vlm.synth import get_font
+
+    def mask(draw_on) -> tuple[np.ndarray, list]:
+        page = Image.new("L", (900, 140), 255)
+        draw_on(ImageDraw.Draw(page))
+        text = text_mask(np.asarray(page))
+        ink = np.flatnonzero(text.any(axis=1))
+        return text, [(0, int(ink[0]), 900, int(ink[-1]) + 1)]
+
+    mono = get_font("DejaVuSansMono", False, 22)
+
+    def header(d):
+        d.text((20, 36), "Pos", font=mono, fill=0)
+        d.text((80, 20), "Art-Nr-Lief.", font=mono, fill=0)
+        d.text((80, 52), "Art-Nr", font=mono, fill=0)
+        d.text((330, 36), "Beschreibung", font=mono, fill=0)
+        d.text((600, 36), "Nettopreis", font=mono, fill=0)
+
+    typical = 25.0  # a row of this type, as segment_rows measures it on a page
+    text, row = mask(header)
+    assert row[0][3] - row[0][1] > 1.5 * typical  # one crop would squeeze two lines
+    rows = _stacked(text, row, typical)
+    assert rows is not None and len(rows) == 3 and all(len(r) == 1 for r in rows), rows
+    (upper,), (middle,), (lower,) = rows
+    assert upper[0] == lower[0] == 80 and upper[2] < 330  # the label's two lines, alone
+    assert middle[0] < 80 and middle[2] > 600  # "Pos" to "Nettopreis", one line
+    assert upper[1] < middle[1] < lower[1]
+    large = get_font("DejaVuSans", True, 70)
+    assert _stacked(*mask(lambda d: d.text((20, 10), "INVOICE 2024", font=large, fill=0)), typical) is None
+
+    def logo(d):
+        d.ellipse((20, 10, 110, 100), outline=0, width=12)  # a mark three rows tall beside a two-line label
+        d.text((140, 20), "Lieferant", font=mono, fill=0)
+        d.text((140, 52), "GmbH", font=mono, fill=0)
+    assert _stacked(*mask(logo), typical) is None

@@ -452,7 +452,7 @@ def read_text_layer_rows(data: str, model: str = "invoice-vlm-tiny", dpi: int = 
             if tight is None:
                 continue
             box = _padded(int(tight[0]), int(tight[1]), int(tight[2]), int(tight[3]), gray.shape)
-            crops.append(np.asarray(row_image(image, box, engine.unit).convert("L")))
+            crops.append(np.asarray(row_image(image, box, engine.unit, squeeze=False).convert("L")))
             texts.append(r.text)
             trusted.append(not r.problem)
         hyps = engine.read_rows(crops)

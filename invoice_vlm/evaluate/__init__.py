@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..common import DECODE_HELP, DECODE_MODES, InvoiceVLMError, environment_info, staged_dir, write_json
+from ..common import DECODE_HELP, DECODE_MODES, LEXICON_HELP, InvoiceVLMError, environment_info, staged_dir, write_json
 
 # ------------------------------------------------------------------------------------------ metrics
 
@@ -240,6 +240,7 @@ class EvalConfig:
     prompt: str = field(default="", metadata={"help": "model prompt (default: the task's)"})
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
+    lexicon: str = field(default="auto", metadata={"help": LEXICON_HELP})
     workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
                                                        "beside the model, reading one batch as they prepare the next "
                                                        "(-1: one a core; 0: in its own process)"})
@@ -473,12 +474,13 @@ def make_predictor(cfg: EvalConfig, samples: list, info: dict[str, Any]):
 
     dtype = default_dtype("cpu")
     predictor = Predictor.from_pretrained(cfg.model, device="cpu", dtype=dtype, batch_size=cfg.batch_size,
-                                          decode=cfg.decode, workers=cfg.workers)
+                                          decode=cfg.decode, workers=cfg.workers, lexicon=cfg.lexicon)
     max_new = cfg.max_new_tokens or max_new_tokens_for(predictor.processor,
                                                        [reference_for(s, cfg.task) for s in samples])
     predictor.max_new_tokens = max_new
     info.update(model=cfg.model, dtype=dtype, max_new_tokens=max_new,
-                **({"decode": predictor.decode} if predictor.unit else {}))
+                **({"decode": predictor.decode} if predictor.unit else {}),
+                **({"lexicon": predictor.lexicon.describe()} if predictor.lexicon is not None else {}))
     return predictor
 
 
