@@ -466,10 +466,11 @@ def test_a_rows_text_does_not_depend_on_its_batch(row_pages, decode):
 def test_a_row_wider_than_the_reader_takes_is_read_in_pieces_joined_by_a_space(tmp_path):
     """A footer in small type across the page is wider than the reader's rows (1,536 px at 32 px high): read in
     pieces cut at word gaps (``rows.row_pieces``), their texts joined by a space, in its place among the rows; read
-    squeezed, as before, the same row came out worse."""
+    squeezed, as before, the same row came out worse. The decoder alone reads it squeezed, as it learned rows."""
     import jiwer
 
     from invoice_vlm.models import EMBEDDED_DIR
+    from invoice_vlm import rows
     from invoice_vlm.rows import row_image, row_pieces
     from invoice_vlm.synth import get_font
 
@@ -489,6 +490,9 @@ def test_a_row_wider_than_the_reader_takes_is_read_in_pieces_joined_by_a_space(t
     alone = pred.read_rows(pieces)
     assert got == [got[0], " ".join(alone), got[0]] and got[0] == pred.read_rows([short])[0]
     assert jiwer.cer(text, got[1]) < 0.5 * jiwer.cer(text, pred.read_rows([squeezed])[0])
+    # the decoder alone learned squeezed rows and reads them so
+    alone = Predictor(pred.model, pred.processor, decode="generate", lexicon="none")
+    assert alone.read_rows([wide]) == alone.read_rows([rows.squeezed(wide, pred.unit)])
 
 
 def test_the_lexicon_counts_known_words_and_names_a_bad_list(tmp_path, monkeypatch):

@@ -669,3 +669,24 @@ def test_a_row_holding_a_two_line_label_between_one_line_labels_is_cut_into_its_
         d.text((140, 20), "Lieferant", font=mono, fill=0)
         d.text((140, 52), "GmbH", font=mono, fill=0)
     assert _stacked(*mask(logo), typical) is None
+
+
+def test_page_rows_keep_a_clean_pages_wide_row_wide_and_squeeze_a_scans():
+    """The engine reads a clean page's row wider than ``max_width`` in pieces (``row_pieces``), so ``page_rows``
+    leaves it wide; a scanned page's wide rows are squeezed as training squeezes them (their specks leave few blank
+    columns to cut at: the `scan` pages read worse in pieces)."""
+    import random
+
+    from invoice_vlm.common import ReadingUnit
+    from invoice_vlm.rows import noisy_paper, page_rows
+    from invoice_vlm.synth.augment import augment
+
+    line = "Terms: payment within thirty days of the invoice date, by transfer to the account below, quoting it"
+    page = _page([(40, line, "black", 14), (80, "Total 12.50", "black", 14)], size=(900, 300))
+    unit = ReadingUnit(max_width=512)
+    clean = page_rows(page, unit)
+    assert max(r.shape[1] for r in clean) > unit.max_width
+    scanned, _ = augment(page, "scan", random.Random(0))
+    assert noisy_paper(np.asarray(scanned.convert("L")))
+    rows = page_rows(scanned, unit)
+    assert len(rows) == len(clean) and max(r.shape[1] for r in rows) == unit.max_width
