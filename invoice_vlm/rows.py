@@ -924,6 +924,10 @@ def squeezed(row: np.ndarray, unit: ReadingUnit) -> np.ndarray:
     return np.asarray(Image.fromarray(row).resize((unit.max_width, row.shape[0]), Image.Resampling.BILINEAR))
 
 
+# a row crop's ink, for finding word gaps in it: darker than this (crops are dark type on white, ``_without_rules``)
+_PIECE_INK = 160
+
+
 def row_pieces(row: np.ndarray, unit: ReadingUnit) -> list[np.ndarray]:
     """A row (uint8 grey, the unit's height) as the reader takes it: itself up to the unit's ``max_width``; a wider
     one (terms or an address in small type across the page: 173 of the real invoices' 4,546 rows), cut at word gaps
@@ -933,7 +937,7 @@ def row_pieces(row: np.ndarray, unit: ReadingUnit) -> list[np.ndarray]:
     h, w = row.shape
     if w <= unit.max_width:
         return [row]
-    blank = (row < 160).sum(axis=0) == 0
+    blank = ~(row < _PIECE_INK).any(axis=0)
     # word gaps: runs of blank columns at least a fifth of the row high (letters stand a pixel or three apart)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], blank.astype(np.int8), [0]])))
     runs = [(a, b) for a, b in zip(edges[::2].tolist(), edges[1::2].tolist()) if b - a >= max(3, h // 5)]
@@ -954,7 +958,7 @@ def row_pieces(row: np.ndarray, unit: ReadingUnit) -> list[np.ndarray]:
 
 def _with_margin(piece: np.ndarray, pad: int) -> np.ndarray:
     """A piece of a row with its ink ``pad`` columns of white from either end, as a crop has."""
-    ink = np.flatnonzero((piece < 160).any(axis=0))
+    ink = np.flatnonzero((piece < _PIECE_INK).any(axis=0))
     if len(ink) == 0:
         return piece
     core = piece[:, ink[0]:ink[-1] + 1]

@@ -484,8 +484,8 @@ def test_a_row_wider_than_the_reader_takes_is_read_in_pieces_joined_by_a_space(t
     squeezed = np.asarray(row_image(im, box, pred.unit).convert("L"))
     pieces = row_pieces(wide, pred.unit)
     assert wide.shape[1] > pred.unit.max_width and len(pieces) == 2
-    short = np.asarray(row_image(page("Total 12.50", size=(200, 40)), segment(page("Total 12.50", size=(200, 40)))[0],
-                                 pred.unit).convert("L"))
+    total = page("Total 12.50", size=(200, 40))
+    short = np.asarray(row_image(total, segment(total)[0], pred.unit).convert("L"))
     got = pred.read_rows([short, wide, short])
     alone = pred.read_rows(pieces)
     assert got == [got[0], " ".join(alone), got[0]] and got[0] == pred.read_rows([short])[0]

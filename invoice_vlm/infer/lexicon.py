@@ -47,13 +47,13 @@ class Lexicon:
         return {"files": self.files, "words": int(len(self.hashes))}
 
     @classmethod
-    def from_files(cls, files: list[Path], cache: bool = True) -> "Lexicon":
+    def from_files(cls, files: list[Path]) -> "Lexicon":
         from ..common import InvoiceVLMError
 
         key = hashlib.sha1(repr([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode())
         folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "invoice-vlm"
         cached = folder / f"lexicon-{key.hexdigest()[:16]}.npy"
-        if cache and cached.is_file():
+        if cached.is_file():
             return cls(np.load(cached, allow_pickle=False), [str(f) for f in files])
         parts = []
         for f in files:
@@ -63,14 +63,13 @@ class Lexicon:
                 raise InvoiceVLMError(f"{f}: cannot read it as a word list (UTF-8, one word a line): {e}") from None
             parts.append(np.fromiter((_hash(w) for w in words if len(w) >= 2), np.uint32))
         hashes = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint32)
-        if cache:
-            try:  # a cache that cannot be written costs the next process the two seconds, nothing else
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".{os.getpid()}.npy")
-                np.save(tmp, hashes)
-                os.replace(tmp, cached)
-            except OSError:
-                pass
+        try:  # a cache that cannot be written costs the next process the two seconds, nothing else
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.npy")
+            np.save(tmp, hashes)
+            os.replace(tmp, cached)
+        except OSError:
+            pass
         return cls(hashes, [str(f) for f in files])
 
 
@@ -86,8 +85,9 @@ def load_lexicon(spec: str) -> Lexicon | None:
     if spec == "auto":
         files = [LEXICON_DIR / name for name in LEXICON_FILES if (LEXICON_DIR / name).is_file()]
         if not files:
-            warnings.warn(f"no word lists in {LEXICON_DIR} (apt-get install wamerican wngerman wfrench wspanish "
-                          "witalian): rows are rescored without a lexicon", stacklevel=2)
+            packages = " ".join(v.split()[0] for v in LEXICON_FILES.values())
+            warnings.warn(f"no word lists in {LEXICON_DIR} (apt-get install {packages}): rows are rescored without a "
+                          "lexicon", stacklevel=2)
             return None
         return Lexicon.from_files(files)
     path = Path(spec)
