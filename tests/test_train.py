@@ -464,3 +464,46 @@ def test_row_examples_pair_each_box_with_its_line(row_pages):
     lines = {t for s in samples for t in s.text.split("\n") if t.strip()}
     assert {e.target for e in examples} <= lines and len(examples) >= 0.95 * len(lines)
     assert all(e.box and e.task == "row" for e in examples)
+
+
+def test_a_scans_row_examples_are_cropped_as_the_engine_crops_its_rows(tmp_path):
+    """Training crops must look like inference crops: a scanned page's row examples (no row extents: cut by the
+    segmenter) are cropped by the collator from the page as ``rows.page_rows`` prepares it (dust off, a small scan
+    enlarged twice, deskewed), pixel for pixel."""
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from invoice_vlm.common import ReadingUnit
+    from invoice_vlm.rows import page_rows
+    from invoice_vlm.synth import get_font
+    from invoice_vlm.train.collate import Collator
+    from invoice_vlm.synth.augment import augment
+    from invoice_vlm.train.tasks import row_examples
+
+    lines = ["Invoice number 2024-118", "Total 12.50 EUR"]
+    page = Image.new("RGB", (827, 300), "white")
+    draw = ImageDraw.Draw(page)
+    for k, line in enumerate(lines):
+        draw.text((60, 40 + 40 * k), line, font=get_font("DejaVuSans", False, 14), fill="black")
+    scanned, quality = augment(page, "scan", random.Random(3))
+    path = tmp_path / "scan.jpg"
+    scanned.save(path, quality=quality)
+    sample = Sample(id="scan", image=path, text="\n".join(lines), meta={"augment": "scan"})
+    examples, skipped = row_examples([sample])
+    assert not skipped and [e.target for e in examples] == lines
+    unit = ReadingUnit()
+
+    class Kind:  # the collator's model kind, keeping the crops it is given
+        def __init__(self):
+            self.unit = unit
+
+        def training_batch(self, processor, images, prompts, targets, raw_pixels=False):
+            return images
+
+    with Image.open(path) as im:
+        engine = page_rows(im, unit)
+        cut = Collator(None, kind=Kind())([{"image": im, "box": list(e.box), "angle": e.angle, "prompt": e.prompt,
+                                            "target": e.target} for e in examples])
+    assert len(cut) == len(engine) == 2 and all(np.array_equal(a, b) for a, b in zip(cut, engine))

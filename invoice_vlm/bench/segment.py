@@ -66,7 +66,8 @@ def _upright(image: Image.Image) -> tuple[Image.Image, float]:
 
 
 def own(image: Image.Image) -> Cut:
-    """The project's own: rows.rectify, rows.deskew, then rows.segment (what predict, eval and training use)."""
+    """The project's own: rows.rectify, rows.deskew, then rows.segment, the segmenter alone (the engine,
+    ``rows.page_for_rows``, also takes a scan's dust off and cuts a small scan at twice its size first)."""
     flat, matrix = rectify(image)
     turned, angle = _upright(flat)
     boxes = [tuple(map(float, b)) for b in segment(turned)]

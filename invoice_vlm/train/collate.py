@@ -26,10 +26,10 @@ class Collator:
         if unit is not None:
             import numpy as np
 
-            from ..rows import deskew, rectify, row_image
+            from ..rows import page_for_rows, row_image
 
-            # the page as row_examples cut it: a photo flat, then turned by the angle found then
-            images = [np.asarray(row_image(deskew(rectify(r["image"])[0], float(r.get("angle") or 0.0)),
+            # the page as row_examples cut it (``rows.page_for_rows``), turned by the angle found then
+            images = [np.asarray(row_image(page_for_rows(r["image"], float(r.get("angle") or 0.0))[0],
                                            tuple(r["box"]), unit).convert("L")) for r in rows]
         else:
             images = [r["image"].convert("RGB") for r in rows]

@@ -93,21 +93,22 @@ def row_examples(samples: list[Sample], prompt: str = "ocr", repeat: int = 1) ->
     else the order of the boxes when there are exactly as many as the text has lines. Pages where neither holds
     are returned as skipped (with the reason), never guessed."""
     from ..data import open_image
-    from ..rows import deskew, match_rows, rectify, segment_rows, skew_angle, union
+    from ..rows import match_rows, page_for_rows, rectify, segment_rows, union
 
     out: list[Example] = []
     skipped: list[str] = []
     for s in samples:
-        image = rectify(open_image(s.image))[0]  # a photo flat, as at inference (the collator does it again)
+        page = open_image(s.image)
         lines = s.text.split("\n")
         extents = s.meta.get("rows") if s.meta.get("augment", "none") == "none" else None
         angle = 0.0
         if extents and len(extents) == len(lines):  # a clean render: its extents are in its own geometry
+            image = rectify(page)[0]  # (as at inference and in the collator; a render stays as it is)
             rows = segment_rows(image)
             matched = match_rows([union(r) for r in rows], extents, image.height, rows)
-        else:
-            angle = skew_angle(image)
-            matched = segment_rows(deskew(image, angle))
+        else:  # cut as the engine cuts it (a scan's dust off, a small scan enlarged): the collator crops it so too
+            prepared, noisy, angle = page_for_rows(page)
+            matched = segment_rows(prepared, noisy=noisy)
             if len(matched) != len(lines):
                 skipped.append(f"{s.id}: {len(matched)} text rows found on the page, {len(lines)} lines in its text")
                 continue
