@@ -1006,7 +1006,7 @@ def page_for_rows(image: Image.Image, angle: float | None = None) -> tuple[Image
     and, when small (``_ENLARGE_BELOW``), is turned and cut at twice its size (docs/embedded-model.md §9). ``angle``:
     turn by this instead of ``skew_angle``'s (training crops a row example's page again with the angle found when
     its rows were cut: ``train.tasks.row_examples`` and the collator)."""
-    image = rectify(image.convert("L"))[0]
+    image = rectify(image.convert("L"))[0]  # (grey from the start: the engine sends its workers grey pages)
     gray = np.asarray(image)
     noisy = noisy_paper(gray)
     if noisy:
@@ -1024,7 +1024,6 @@ def page_for_rows(image: Image.Image, angle: float | None = None) -> tuple[Image
 def page_rows(image: Image.Image, unit: ReadingUnit) -> list[np.ndarray]:
     """A page as the row reader takes it (``page_for_rows``), cut into rows, each cropped and scaled to the unit
     (uint8 grey), top to bottom. The engine's whole preparation of a page, in its process or in worker processes."""
-    # (grey from the start: the engine sends its workers grey pages)
     image, noisy, _ = page_for_rows(image)
     # a clean page's wide rows stay wide, for the engine to read in pieces (``row_pieces``); a scan's or a photo's
     # are squeezed as training squeezes them: their specks leave few blank columns to cut at, and the first 60 `scan`
@@ -1044,9 +1043,10 @@ _SPECK, _SPECK_REACH = 4, 5
 def despeckled(gray: np.ndarray) -> np.ndarray:
     """A scan's page (uint8 grey) without its dust: each dark shape (below the page's ink threshold) of at most
     ``_SPECK`` px both ways that has no larger shape (of anything darker than the paper by 40) within
-    ``_SPECK_REACH`` px (nor a small one within twice that of one that has), painted over with paper with a pixel of its edge. A full stop, a
-    colon, an i's dot lie within a letter's gap of their letters and stay. On 60 `scan` pages the reader's CER went 26.3% -> 23.5% (the
-    specks read as stops and commas in rows and cut rows past their text; without them at all: 22.1%)."""
+    ``_SPECK_REACH`` px (nor a small one within twice that of one that has), painted over with paper with a pixel of
+    its edge. A full stop, a colon, an i's dot lie within a letter's gap of their letters and stay. On 60 `scan`
+    pages the reader's CER went 26.3% -> 23.5% (the specks read as stops and commas in rows and cut rows past their
+    text; without them at all: 22.1%)."""
     scale = max(gray.shape) / 1169
     size, reach = max(2, round(_SPECK * scale)), max(2, round(_SPECK_REACH * scale))
     hist = _histogram(gray)
