@@ -1051,7 +1051,7 @@ def despeckled(gray: np.ndarray) -> np.ndarray:
     size, reach = max(2, round(_SPECK * scale)), max(2, round(_SPECK_REACH * scale))
     hist = _histogram(gray)
     paper = int(np.argmax(hist))
-    count, labels, stats = _components(gray < min(200.0, max(90.0, _otsu(gray, hist))))
+    count, labels, stats = _components(_ink(gray, True, hist)[0])  # (a scan's ink: its dark pixels alone)
     small = (stats[:, _CC_W] <= size) & (stats[:, _CC_H] <= size)
     small[0] = False
     if not small.any():

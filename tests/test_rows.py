@@ -81,6 +81,13 @@ def _page(lines: list[tuple[int, str, str, int]], size=(1000, 420)) -> Image.Ima
     return page
 
 
+def _noisy(page: Image.Image, seed: int = 0) -> np.ndarray:
+    """The page (grey) on a scan's noisy paper."""
+    rng = np.random.default_rng(seed)
+    gray = np.asarray(page.convert("L")).astype(float) - np.abs(rng.normal(0, 5, page.size[::-1]))
+    return np.clip(gray, 0, 255).astype(np.uint8)
+
+
 def _rows_at(boxes, ys: list[int]) -> list[int]:
     return [sum(1 for b in boxes if b[1] <= y <= b[3]) for y in ys]
 
@@ -416,9 +423,7 @@ def test_segmenter_on_a_scan_drops_a_broken_rule_and_keeps_a_small_line():
     draw = ImageDraw.Draw(page)
     for x in range(60, 940, 30):  # a rule in pieces of 22 pixels
         draw.rectangle((x, 220, x + 21, 221), fill="black")
-    rng = np.random.default_rng(0)
-    gray = np.asarray(page.convert("L")).astype(float) - np.abs(rng.normal(0, 5, (320, 1000)))
-    scan = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8))
+    scan = Image.fromarray(_noisy(page))
     assert noisy_paper(np.asarray(scan))
     boxes = segment(scan)
     assert _rows_at(boxes, [51, 87, 123, 159, 266]) == [1, 1, 1, 1, 1], boxes
@@ -569,9 +574,7 @@ def test_a_scans_rule_left_in_two_sparse_strands_is_no_row():
     for x in range(60, 940, 250):  # two strands of a rule, in pieces shorter than a rule's run (40 here)
         draw.rectangle((x, 281, x + 37, 281), fill="black")
         draw.rectangle((x + 5, 285, x + 42, 285), fill="black")
-    rng = np.random.default_rng(0)
-    gray = np.asarray(page.convert("L")).astype(float) - np.abs(rng.normal(0, 5, (340, 1000)))
-    scan = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8))
+    scan = Image.fromarray(_noisy(page))
     assert noisy_paper(np.asarray(scan))
     boxes = segment(scan)
     assert not [b for b in boxes if b[1] <= 283 <= b[3]], boxes
@@ -690,13 +693,6 @@ def test_page_rows_keep_a_clean_pages_wide_row_wide_and_squeeze_a_scans():
     assert noisy_paper(np.asarray(scanned.convert("L")))
     rows = page_rows(scanned, unit)
     assert len(rows) == len(clean) and max(r.shape[1] for r in rows) == unit.max_width
-
-
-def _noisy(page: Image.Image, seed: int = 0) -> np.ndarray:
-    """The page (grey) on a scan's noisy paper."""
-    rng = np.random.default_rng(seed)
-    gray = np.asarray(page.convert("L")).astype(float) - np.abs(rng.normal(0, 5, page.size[::-1]))
-    return np.clip(gray, 0, 255).astype(np.uint8)
 
 
 def test_despeckling_takes_a_scans_dust_and_leaves_its_stops_colons_and_dots():

@@ -93,22 +93,22 @@ def row_examples(samples: list[Sample], prompt: str = "ocr", repeat: int = 1) ->
     else the order of the boxes when there are exactly as many as the text has lines. Pages where neither holds
     are returned as skipped (with the reason), never guessed."""
     from ..data import open_image
-    from ..rows import match_rows, page_for_rows, rectify, segment_rows, union
+    from ..rows import match_rows, page_for_rows, segment_rows, union
 
     out: list[Example] = []
     skipped: list[str] = []
     for s in samples:
-        page = open_image(s.image)
         lines = s.text.split("\n")
         extents = s.meta.get("rows") if s.meta.get("augment", "none") == "none" else None
-        angle = 0.0
-        if extents and len(extents) == len(lines):  # a clean render: its extents are in its own geometry
-            image = rectify(page)[0]  # (as at inference and in the collator; a render stays as it is)
-            rows = segment_rows(image)
-            matched = match_rows([union(r) for r in rows], extents, image.height, rows)
-        else:  # cut as the engine cuts it (a scan's dust off, a small scan enlarged): the collator crops it so too
-            prepared, noisy, angle = page_for_rows(page)
-            matched = segment_rows(prepared, noisy=noisy)
+        rendered = bool(extents) and len(extents) == len(lines)
+        # cut as the engine cuts it (``rows.page_for_rows``: a photo flat, a scan's dust off, a small scan enlarged),
+        # as the collator crops it again; a clean render is not turned: its extents are in its own geometry
+        page, noisy, angle = page_for_rows(open_image(s.image), 0.0 if rendered else None)
+        rows = segment_rows(page, noisy=noisy)
+        if rendered:
+            matched = match_rows([union(r) for r in rows], extents, page.height, rows)
+        else:
+            matched = rows
             if len(matched) != len(lines):
                 skipped.append(f"{s.id}: {len(matched)} text rows found on the page, {len(lines)} lines in its text")
                 continue
