@@ -222,8 +222,10 @@ def bench_predict(
     ray: bool = typer.Option(False, "--ray", help="also predict --out over the pages as files: one process vs a "
                                                   "local Ray on the same cores"),
     actors: int = typer.Option(2, help="with --ray: actors sharing the cores"),
-    prep_workers: int = typer.Option(0, help="a row reader: also the engine with its pages prepared by this many "
-                                             "processes (predict --workers)"),
+    prep_workers: int = typer.Option(-1, "--workers", "--prep-workers",
+                                     help="a row reader: also the engine with this many worker processes, as "
+                                          "predict --workers runs it (on a CPU they read, each with its own model; "
+                                          "-1: one a core, predict's default; 0 or 1: not)"),
     device: str = typer.Option("cpu", help="cpu | cuda: where the model reads (bf16 on a GPU)"),
     row_batch_size: int = typer.Option(64, help="a row reader: rows a forward pass"),
 ) -> None:

@@ -65,9 +65,9 @@ class PredictJobConfig:
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
     lexicon: str = field(default="auto", metadata={"help": LEXICON_HELP})
-    workers: int = field(default=-1, metadata={"help": "a row reader: processes preparing pages (deskew, segment) "
-                                                       "beside the model, reading one batch as they prepare the next "
-                                                       "(-1: one a core; 0: in its own process)"})
+    workers: int = field(default=-1, metadata={"help": "a row reader: worker processes (-1: one a core; 0: none). On a CPU each reads "
+                                                       "whole batches of pages with its own copy of the model; on a GPU "
+                                                       "they prepare pages (deskew, segment) while the model reads"})
     quantize: str = field(default="", metadata={"help": "int8: dynamic int8 quantisation (CPU)"})
     dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16 (default: bf16 on a GPU and on a CPU with "
                                                      "bf16 arithmetic, else fp32)"})

@@ -396,7 +396,9 @@ def main(cfg: ServeConfig) -> None:
 
     from .infer import Predictor
 
+    # the workers prepare pages as requests arrive; the batcher reads them in this process (read_in_workers off:
+    # a worker reading whole batches with its own model suits a stream of files, not requests to answer each soon)
     predictor = Predictor.from_pretrained(cfg.model, quantize=cfg.quantize, max_new_tokens=cfg.max_new_tokens,
                                           batch_size=cfg.batch_size, decode=cfg.decode, workers=cfg.workers,
-                                          lexicon=cfg.lexicon)
+                                          lexicon=cfg.lexicon, read_in_workers=False)
     uvicorn.run(create_app(predictor, cfg, cfg.model), host=cfg.host, port=cfg.port, log_level="info")

@@ -285,16 +285,78 @@ def test_ctc_head_reads_rows_in_one_pass_whatever_their_batch(row_model, row_mod
         Predictor.from_pretrained(str(row_model), decode="ctc")
 
 
+def test_on_a_cpu_worker_processes_read_whole_batches_of_pages_with_their_own_model(row_model_ctc, row_pages):
+    """``workers`` on a CPU (``infer.readers``): each worker loads the model itself, started before the caller's
+    model loads, and reads whole batches of grey pages; the texts and their order are those of one process, and
+    the workers' counters are the caller's."""
+    from invoice_vlm.infer import Predictor
+
+    images = [Image.open(s.image).convert("RGB") for s in read_split(row_pages, "test")]
+    # (the head alone, told to read in the workers: a random decoder writes every row to its budget, minutes of
+    # this test for nothing it checks)
+    alone = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4, decode="ctc")
+    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=2, workers=2, decode="ctc",
+                                       read_in_workers=True)
+    assert pooled._readers is not None and len(pooled._readers) == 2 and pooled._pool is None
+    given = []
+    original = pooled._readers.submit
+    pooled._readers.submit = lambda ims, prompt, worker: (given.append(([im.mode for im in ims], worker))
+                                                          or original(ims, prompt, worker))
+    try:
+        texts = pooled.predict(images)
+        streamed = dict(pooled.predict_stream((f"p{k}", im) for k, im in enumerate(images)))
+    finally:
+        pooled.close()
+    assert pooled._readers is None and sum(map(len, texts)) > 0
+    assert texts == alone.predict(images) == [streamed[f"p{k}"] for k in range(len(images))]
+    assert [m for modes, _ in given for m in modes] == ["L"] * 2 * len(images)  # grey: a third of the bytes
+    assert all(1 <= len(modes) <= 2 for modes, _ in given)  # batches of at most batch_size pages (``piece``)
+    assert pooled.stats["pages"] == 2 * len(images) and pooled.stats["prepare_seconds"] > 0  # the workers' counts
+
+
+def test_the_workers_read_on_a_cpu_unless_the_head_reads_alone_or_they_are_told_not_to(row_model_ctc):
+    from invoice_vlm.infer import Predictor
+
+    for decode, told, reads in [("auto", None, True), ("ctc", None, False), ("auto", False, False)]:
+        p = Predictor.from_pretrained(str(row_model_ctc), device="cpu", workers=2, decode=decode, read_in_workers=told)
+        try:
+            assert p.reads_in_workers == reads and (p._pool is None) == reads, (decode, told)
+        finally:
+            p.close()
+
+
+def test_a_free_worker_takes_its_share_of_the_end_of_a_stream():
+    """Guided self-scheduling: its even share of the pages left and of those the others are still reading, at
+    most a batch, at least a page."""
+    from invoice_vlm.infer.readers import piece
+
+    assert piece(32, [0, 0], 16) == 16 and piece(16, [16, 0], 16) == 16  # 32 pages, 2 workers: 16 each
+    assert piece(16, [8, 0], 8) == 8 and piece(4, [8, 0], 8) == 4  # a batch at most; all 4 beside the other's 8
+    assert piece(4, [0, 0, 0, 0], 16) == 1 and piece(1, [0, 9], 16) == 1
+
+
+def test_a_reader_whose_model_will_not_load_says_why():
+    from invoice_vlm.infer.readers import ReaderPool
+
+    readers = ReaderPool(1, "/nonexistent/model-folder", {}, cores=1)
+    try:
+        with pytest.raises(Exception, match="nonexistent/model-folder"):
+            readers.wait_ready()
+    finally:
+        readers.close()
+
+
 def test_pages_prepared_by_worker_processes_read_the_same(row_model_ctc, row_pages):
-    """``workers``: deskew, segment and crop run in a pool of processes beside the model, started before the model
-    loads, and a stream reads one batch while the workers prepare the next; the texts and their order are those of
-    the one-process engine."""
+    """``workers`` on a GPU, or the server (``read_in_workers=False``): deskew, segment and crop run in a pool of
+    processes beside the model, started before the model loads, and a stream reads one batch while the workers
+    prepare the next; the texts and their order are those of the one-process engine."""
     from invoice_vlm.infer import Predictor
 
     images = [Image.open(s.image).convert("RGB") for s in read_split(row_pages, "test")]
     alone = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4)
-    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=2, workers=2)
-    assert pooled._pool is not None  # started with the model, before any page
+    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=2, workers=2,
+                                       read_in_workers=False)
+    assert pooled._pool is not None and pooled._readers is None  # started with the model, before any page
     submitted = []
     original = pooled._pool.submit
     pooled._pool.submit = lambda fn, im, *a: submitted.append(im.mode) or original(fn, im, *a)
@@ -308,7 +370,9 @@ def test_pages_prepared_by_worker_processes_read_the_same(row_model_ctc, row_pag
     assert submitted == ["L"] * 2 * len(images)  # the workers get grey pages: a third of the bytes
 
 
-def test_a_page_that_fails_while_workers_prepare_stops_the_stream_with_its_error(row_model_ctc, row_pages):
+@pytest.mark.parametrize("read_in_workers", [True, False], ids=["workers-read", "workers-prepare"])
+def test_a_page_that_fails_while_workers_prepare_stops_the_stream_with_its_error(row_model_ctc, row_pages,
+                                                                                 read_in_workers):
     """The pages are taken from the caller's iterator in a thread beside the model: an error there (a file that
     will not open) reaches the caller as raised, after the pages before it were read, and nothing hangs."""
     from invoice_vlm.infer import Predictor
@@ -319,7 +383,8 @@ def test_a_page_that_fails_while_workers_prepare_stops_the_stream_with_its_error
         yield from enumerate(images)
         raise InvoiceVLMError("broken.pdf: not a PDF")
 
-    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=1, workers=2)
+    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=1, workers=2, decode="ctc",
+                                       read_in_workers=read_in_workers)
     got = []
     try:
         with pytest.raises(InvoiceVLMError, match="broken.pdf: not a PDF"):

@@ -220,7 +220,8 @@ def test_the_row_reader_serves_what_its_engine_reads(row_model_ctc, row_pages):
     processes; its pages' text and fields are the engine's, and the workers stop with the server."""
     from invoice_vlm.data import read_split
 
-    engine = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4, workers=2)
+    engine = Predictor.from_pretrained(str(row_model_ctc), device="cpu", batch_size=4, workers=2,
+                                       read_in_workers=False)  # (as serve's main starts it)
     assert engine.unit is not None and engine.ctc_head is not None and engine._pool is not None
     alone = Predictor(engine.model, engine.processor, batch_size=4, ctc_head=engine.ctc_head)
     images = [Image.open(s.image).convert("RGB") for s in read_split(row_pages, "test")[:3]]

@@ -6,7 +6,8 @@ the benchmark fails if a single page differs. For a model that reads rows (invoi
 ``generate`` per row and the engine batches the rows of its pages and reads them, when it has a CTC head, in
 the way it reads by default (its CTC head's readings chosen by the decoder), and again with the head alone and with
 the decoder alone; the same-text count is reported, not required.
-``--prep-workers N`` adds the engine with its pages prepared by N processes beside the model. Tesseract (``--tesseract``) reads the same pages
+``--workers N`` adds the engine with N worker processes, as ``predict --workers N`` runs it (on a CPU each reads
+whole batches of pages with its own copy of the model; on a GPU they prepare pages for it). Tesseract (``--tesseract``) reads the same pages
 with the same cores (one process per core). Every case's CER against the pages' transcriptions is beside its
 speed. Latency of a page is the time until its text is out: for the naive way its own ``generate``, for the
 engine its batch (every page of a batch finishes together)."""
@@ -61,7 +62,7 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
     import os
 
     from ..evaluate import cer
-    from ..infer import Predictor, naive_predict
+    from ..infer import Predictor, naive_predict, prepare_workers
 
     pairs = bench_pages(n, with_text=True)
     images, refs = [p for p, _ in pairs], [t for _, t in pairs]
@@ -96,11 +97,16 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
                              Predictor(engine.model, engine.processor, batch_size=batch_size,
                                        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                        ctc_head=engine.ctc_head, decode=decode, row_batch_size=row_batch_size)))
-    if prep_workers > 1 and engine.unit is not None:  # pages prepared in worker processes beside the model
-        variants.append((f"engine, {prep_workers} preparing processes",
-                         Predictor(engine.model, engine.processor, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   min_new_tokens=min_new_tokens, ctc_head=engine.ctc_head, workers=prep_workers,
-                                   row_batch_size=row_batch_size)))
+    prep_workers = prepare_workers(prep_workers)
+    if prep_workers > 1 and engine.unit is not None:
+        # worker processes as predict --workers starts them: on a CPU each reads whole batches of pages with its own
+        # model (infer.readers), on a GPU they prepare pages for the one model; started at their turn (their start
+        # would take cores from the cases before) and timed once they have loaded, as the engine above is
+        how = "reading" if device == "cpu" else "preparing pages"
+        variants.append((f"engine, {prep_workers} worker processes {how}",
+                         lambda: Predictor.from_pretrained(model, device=device, batch_size=batch_size,
+                                                           max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                                           row_batch_size=row_batch_size, workers=prep_workers)))
     if quantize:
         from ..infer import quantize_int8
 
@@ -108,7 +114,10 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
                                                     batch_size=batch_size, max_new_tokens=max_new_tokens,
                                                     min_new_tokens=min_new_tokens, ctc_head=engine.ctc_head)))
     for name, pred in variants:
-        pred.stats["prepare_seconds"] = 0.0
+        if callable(pred):
+            pred = pred()
+            pred.wait_ready()
+        pred.stats.update(prepare_seconds=0.0, generate_seconds=0.0)
         t0 = time.perf_counter()
         texts: dict[int, str] = {}
         lat = []
@@ -125,7 +134,10 @@ def bench(model: str = "invoice-vlm-tiny", n: int = 32, batch_size: int = 16, ma
         row = _row(name, batch_size, n, secs, lat, naive_s)
         row["identical"] = f"{same}/{n}"
         row["cer"] = round(cer(got, refs), 4)
-        if pred.unit is not None:  # a page's time split: preparation (deskew, segment, crop) and the rest (reading)
+        if pred.reads_in_workers:  # a worker's own time a page, preparing and reading (they work side by side)
+            row["prepare_ms"] = round(1000 * pred.stats["prepare_seconds"] / n)
+            row["read_ms"] = round(1000 * pred.stats["generate_seconds"] / n)
+        elif pred.unit is not None:  # a page's time split: preparation (deskew, segment, crop) and the rest (reading)
             row["prepare_ms"] = round(1000 * pred.stats["prepare_seconds"] / n)
             row["read_ms"] = round(1000 * (secs - pred.stats["prepare_seconds"]) / n)
         rows.append(row)

@@ -99,6 +99,7 @@ class Predictor:
         # in the model's own process; below 0: one a core); the texts are the same
         self.workers = prepare_workers(workers)
         self._pool = None
+        self._readers = None  # (infer.readers: workers that also read, from from_pretrained on a CPU)
         self.row_batch_size = max(1, row_batch_size)
         self.processor = processor
         self.max_new_tokens = max_new_tokens
@@ -111,10 +112,14 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: str | None = None,
-                        quantize: str | None = None, compile: bool = False, **kwargs) -> "Predictor":
+                        quantize: str | None = None, compile: bool = False, read_in_workers: bool | None = None,
+                        **kwargs) -> "Predictor":
         """``device``: cpu | cuda (default: cuda when available); ``dtype``: float32 | bfloat16 | float16 (default:
         ``default_dtype``; fp32 under int8); ``quantize``: ``int8`` (CPU); ``compile``: wrap the forward in
-        torch.compile."""
+        torch.compile. A row reader with ``workers`` (2 or more): on a CPU each worker reads whole batches of pages
+        with its own copy of the model (``infer.readers``), unless it reads with its CTC head alone or
+        ``read_in_workers`` is False (the server's batches are read in its own process); otherwise the workers
+        prepare pages for the model."""
         from ..common import InvoiceVLMError, torch_dtype
         from ..models import load, reading_unit_of
 
@@ -127,14 +132,29 @@ class Predictor:
         if device.startswith("cuda") and not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
             raise InvoiceVLMError(f"device {device}: no CUDA GPU is usable here (torch {torch.__version__}, {build})")
-        # a row reader's page workers start before the model loads: their start (a Python each) overlaps the load
+        # a row reader's workers start before the model loads: their start (a Python each) overlaps the load
         workers = prepare_workers(kwargs.get("workers", 0))
-        pool = prepare_pool(workers) if workers >= 2 and reading_unit_of(name_or_path) is not None else None
+        pool = readers = None
+        if workers >= 2 and reading_unit_of(name_or_path) is not None:
+            # the workers read where the reading is the work: not with the CTC head alone (a page read in 150 ms,
+            # prepared in 100-250), where a worker's start (torch and the model, seconds) would cost more than it saves
+            if read_in_workers is None:
+                read_in_workers = device == "cpu" and kwargs.get("decode", "auto") != "ctc"
+            if read_in_workers:
+                from .readers import ReaderPool
+
+                own = {k: v for k, v in kwargs.items() if k != "workers"}
+                readers = ReaderPool(workers, name_or_path, dict(own, dtype=dtype, quantize=quantize, compile=compile),
+                                     prepare_workers(-1))
+            else:
+                pool = prepare_pool(workers)
         try:
             model, processor = load(name_or_path, dtype=torch_dtype(dtype), device=device)
         except BaseException:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+            if readers is not None:
+                readers.close()
             raise
         head = load_ctc_head(name_or_path, model)
         if device == "cpu":
@@ -146,7 +166,7 @@ class Predictor:
         if compile:
             model.forward = torch.compile(model.forward, dynamic=True)
         predictor = cls(model, processor, ctc_head=head, **kwargs)
-        predictor._pool = pool
+        predictor._pool, predictor._readers = pool, readers
         return predictor
 
     @property
@@ -237,6 +257,11 @@ class Predictor:
         return [f.result() for f in [self.submit_page(im) for im in images]]
 
     @property
+    def reads_in_workers(self) -> bool:
+        """Its worker processes read whole batches of pages, each with its own model (``infer.readers``)."""
+        return self._readers is not None
+
+    @property
     def prepares_ahead(self) -> bool:
         """A row reader with page workers: a page can be prepared ahead of its reading (``submit_page``, then
         ``read_prepared``), as ``predict_stream`` and the server do."""
@@ -251,16 +276,26 @@ class Predictor:
         """A page's preparation (``page_rows``) started in the worker processes: a Future of its rows."""
         from ..rows import page_rows
 
+        # grey, as page_rows takes it first: a third of an RGB page's bytes to send
+        if self._readers is not None:
+            return self._readers.prepare(image.convert("L"), self.unit)
         if self._pool is None:
             self._pool = prepare_pool(self.workers)
-        # grey, as page_rows takes it first: a third of an RGB page's bytes to send
         return self._pool.submit(page_rows, image.convert("L"), self.unit)
 
+    def wait_ready(self) -> None:
+        """Wait until the worker processes that read, if any, have loaded their models."""
+        if self._readers is not None:
+            self._readers.wait_ready()
+
     def close(self) -> None:
-        """Stop the worker processes that prepare pages, if any."""
+        """Stop the worker processes that prepare (or read) pages, if any."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        if self._readers is not None:
+            self._readers.close()
+            self._readers = None
 
     def read_rows(self, rows: list[np.ndarray]) -> list[str]:
         """Transcriptions of row images (uint8, the unit's height), widest first in batches, read as ``decode``
@@ -441,6 +476,9 @@ class Predictor:
         import threading
 
         self._check_prompts([prompt])
+        if self._readers is not None:  # the workers read too: they take whole batches of pages
+            yield from self._readers.stream(items, prompt, self.batch_size, self.stats)
+            return
         ahead: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
         stop = threading.Event()
         end = object()
