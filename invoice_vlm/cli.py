@@ -533,7 +533,8 @@ def predict(
         predictor = Predictor.from_pretrained(o["model"], device=o["device"] or None, dtype=o["dtype"] or None,
                                               quantize=o["quantize"] or None, compile=o["compile"],
                                               max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"],
-                                              decode=o["decode"], workers=o["workers"])
+                                              decode=o["decode"], workers=o["workers"],
+                                              pages=sum(d.count for d in docs))
         failed = [len(errors)]
 
         def items():

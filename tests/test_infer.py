@@ -237,8 +237,9 @@ def test_bench_predict_on_a_device_with_its_row_batch_and_a_missing_gpu_as_one_l
                         or original(self, rows))
     rows = ib.bench(model=str(row_model_ctc), n=3, batch_size=2, max_new_tokens=4, device="cpu", row_batch_size=5,
                     prep_workers=2)
-    assert [r["variant"] for r in rows][-1] == "engine, 2 preparing processes"
-    assert sizes and set(sizes[-8:]) == {5}  # the engines', after the naive row-at-a-time baseline
+    assert [r["variant"] for r in rows][-1] == "engine, 2 worker processes reading"  # (in the workers: not seen)
+    # the engines' in this process, after the naive row-at-a-time baseline's 3 pages (the workers' are their own)
+    assert len(sizes) > 3 and set(sizes[:3]) == {1} and set(sizes[3:]) == {5}
     if not torch.cuda.is_available():
         r = runner.invoke(app, ["bench", "predict", "--model", str(row_model_ctc), "--n", "1", "--device", "cuda"])
         assert r.exit_code == 1 and "device cuda: no CUDA GPU is usable here" in r.stderr
@@ -300,8 +301,8 @@ def test_on_a_cpu_worker_processes_read_whole_batches_of_pages_with_their_own_mo
     assert pooled._readers is not None and len(pooled._readers) == 2 and pooled._pool is None
     given = []
     original = pooled._readers.submit
-    pooled._readers.submit = lambda ims, prompt, worker: (given.append(([im.mode for im in ims], worker))
-                                                          or original(ims, prompt, worker))
+    pooled._readers.submit = lambda ims, prompt, worker, settings: (given.append(([im.mode for im in ims], worker))
+                                                                    or original(ims, prompt, worker, settings))
     try:
         texts = pooled.predict(images)
         streamed = dict(pooled.predict_stream((f"p{k}", im) for k, im in enumerate(images)))
@@ -314,13 +315,37 @@ def test_on_a_cpu_worker_processes_read_whole_batches_of_pages_with_their_own_mo
     assert pooled.stats["pages"] == 2 * len(images) and pooled.stats["prepare_seconds"] > 0  # the workers' counts
 
 
-def test_the_workers_read_on_a_cpu_unless_the_head_reads_alone_or_they_are_told_not_to(row_model_ctc):
+def test_workers_that_read_take_the_settings_a_caller_changes_after_the_start(row_model_ctc, row_pages):
+    """eval sets ``max_new_tokens`` once the model has loaded: the workers read with the caller's settings as they
+    are at each batch. Here ``row_batch_size``, which shows in the counters the workers send back: one forward pass
+    a row, as in one process."""
     from invoice_vlm.infer import Predictor
 
-    for decode, told, reads in [("auto", None, True), ("ctc", None, False), ("auto", False, False)]:
-        p = Predictor.from_pretrained(str(row_model_ctc), device="cpu", workers=2, decode=decode, read_in_workers=told)
+    images = [Image.open(s.image).convert("RGB") for s in read_split(row_pages, "test")][:2]
+    alone = Predictor.from_pretrained(str(row_model_ctc), device="cpu", decode="ctc", row_batch_size=1)
+    pooled = Predictor.from_pretrained(str(row_model_ctc), device="cpu", decode="ctc", workers=2,
+                                       read_in_workers=True)
+    try:
+        pooled.row_batch_size = 1
+        texts = pooled.predict(images)
+    finally:
+        pooled.close()
+    assert texts == alone.predict(images)
+    assert pooled.stats["batches"] == alone.stats["batches"] > 2 * len(images)
+
+
+def test_the_workers_read_on_a_cpu_unless_the_head_reads_alone_or_told_not_or_for_few_pages(row_model_ctc):
+    from invoice_vlm.infer import Predictor
+
+    # (decode, read_in_workers, pages the caller will read, workers that read): told of 16 pages, two batches, the
+    # workers only prepare; of 32, four batches, two of the three workers read (two batches a worker at least)
+    for decode, told, pages, readers in [("auto", None, None, 3), ("ctc", None, None, 0), ("auto", False, None, 0),
+                                         ("auto", None, 16, 0), ("auto", None, 32, 2)]:
+        p = Predictor.from_pretrained(str(row_model_ctc), device="cpu", workers=3, decode=decode, batch_size=8,
+                                      read_in_workers=told, pages=pages)
         try:
-            assert p.reads_in_workers == reads and (p._pool is None) == reads, (decode, told)
+            assert p.reads_in_workers == bool(readers) and (p._pool is None) == bool(readers), (decode, told, pages)
+            assert len(p._readers or []) == readers
         finally:
             p.close()
 

@@ -474,7 +474,8 @@ def make_predictor(cfg: EvalConfig, samples: list, info: dict[str, Any]):
 
     dtype = default_dtype("cpu")
     predictor = Predictor.from_pretrained(cfg.model, device="cpu", dtype=dtype, batch_size=cfg.batch_size,
-                                          decode=cfg.decode, workers=cfg.workers, lexicon=cfg.lexicon)
+                                          decode=cfg.decode, workers=cfg.workers, lexicon=cfg.lexicon,
+                                          pages=len(samples))
     max_new = cfg.max_new_tokens or max_new_tokens_for(predictor.processor,
                                                        [reference_for(s, cfg.task) for s in samples])
     predictor.max_new_tokens = max_new

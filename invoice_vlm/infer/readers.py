@@ -37,8 +37,11 @@ def _start_reader(model: str, threads: int, kwargs: dict[str, Any]) -> None:
     _READER = Predictor.from_pretrained(model, device="cpu", workers=0, **kwargs)
 
 
-def _read(images: list, prompt: str) -> tuple[list[str], dict[str, float]]:
-    """A batch of pages read in a worker: their texts and what the worker's counters gained."""
+def _read(images: list, prompt: str, settings: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
+    """A batch of pages read in a worker with the caller's ``settings`` as they are now (``Predictor.max_new_tokens``
+    and the like, which a caller may set after the start: eval does): their texts and what the counters gained."""
+    for name, value in settings.items():
+        setattr(_READER, name, value)
     before = dict(_READER.stats)
     texts = _READER.generate_batch(images, prompt)
     return texts, {k: v - before[k] for k, v in _READER.stats.items()}
@@ -67,7 +70,6 @@ class ReaderPool:
         # each worker's first task (which starts its process: an executor starts it lazily) loads its model; a
         # failure there is the task's, raised as it was (an initializer's would only break the pool)
         self._started = [p.submit(_start_reader, model, threads, kwargs) for p in self.pools]
-        self.threads = threads
         self._loads = [0] * workers  # pages given to each worker and not yet read
         self._changed = threading.Condition()
         self._next = 0
@@ -80,11 +82,11 @@ class ReaderPool:
     def __len__(self) -> int:
         return len(self.pools)
 
-    def submit(self, images: list, prompt: str, worker: int) -> Future:
-        """A batch of (grey) pages read by ``worker``: a Future of (texts, counters)."""
+    def submit(self, images: list, prompt: str, worker: int, settings: dict[str, Any] | None = None) -> Future:
+        """A batch of (grey) pages read by ``worker`` with ``settings`` (``_read``): a Future of (texts, counters)."""
         with self._changed:
             self._loads[worker] += len(images)
-        f = self.pools[worker].submit(_read, images, prompt)
+        f = self.pools[worker].submit(_read, images, prompt, settings or {})
 
         def done(_, n=len(images)):
             with self._changed:
@@ -102,12 +104,13 @@ class ReaderPool:
         return self.pools[self._next].submit(page_rows, image, unit)
 
     def stream(self, items: Iterable[tuple[Hashable, Any]], prompt: str, batch_size: int, stats: dict[str, float],
-               ) -> Iterator[tuple[Hashable, str]]:
+               settings: dict[str, Any] | None = None) -> Iterator[tuple[Hashable, str]]:
         """(key, text) for each (key, image), in input order, each batch as soon as it and those before it are read.
         A thread takes the pages from ``items`` (decoding the files, where ``items`` does), grey, and gives
         ``batch_size`` of them to a worker as soon as one has nothing to read (so that a batch of long pages holds
         up no other); it looks ``len(self) * batch_size`` pages ahead, so that at the end of the stream the last
-        pages are shared out in smaller pieces (``piece``). ``stats`` gains the workers' counters."""
+        pages are shared out in smaller pieces (``piece``). The workers read with ``settings``; ``stats`` gains
+        their counters."""
         import queue
 
         ahead = len(self.pools) * batch_size
@@ -126,7 +129,7 @@ class ReaderPool:
             return None
 
         def give(part: list, worker: int) -> None:
-            out.put(([k for k, _ in part], self.submit([im for _, im in part], prompt, worker)))
+            out.put(([k for k, _ in part], self.submit([im for _, im in part], prompt, worker, settings)))
 
         def feed() -> None:
             buf: list = []
