@@ -286,6 +286,16 @@ def test_ctc_head_reads_rows_in_one_pass_whatever_their_batch(row_model, row_mod
         Predictor.from_pretrained(str(row_model), decode="ctc")
 
 
+def read_twice(pred, images) -> tuple[list[str], list[str]]:
+    """``predict``'s texts and ``predict_stream``'s (in input order), then the predictor's workers stopped."""
+    try:
+        texts = pred.predict(images)
+        streamed = dict(pred.predict_stream((f"p{k}", im) for k, im in enumerate(images)))
+    finally:
+        pred.close()
+    return texts, [streamed[f"p{k}"] for k in range(len(images))]
+
+
 def test_on_a_cpu_worker_processes_read_whole_batches_of_pages_with_their_own_model(row_model_ctc, row_pages):
     """``workers`` on a CPU (``infer.readers``): each worker loads the model itself, started before the caller's
     model loads, and reads whole batches of grey pages; the texts and their order are those of one process, and
@@ -303,13 +313,9 @@ def test_on_a_cpu_worker_processes_read_whole_batches_of_pages_with_their_own_mo
     original = pooled._readers.submit
     pooled._readers.submit = lambda ims, prompt, worker, settings: (given.append(([im.mode for im in ims], worker))
                                                                     or original(ims, prompt, worker, settings))
-    try:
-        texts = pooled.predict(images)
-        streamed = dict(pooled.predict_stream((f"p{k}", im) for k, im in enumerate(images)))
-    finally:
-        pooled.close()
+    texts, streamed = read_twice(pooled, images)
     assert pooled._readers is None and sum(map(len, texts)) > 0
-    assert texts == alone.predict(images) == [streamed[f"p{k}"] for k in range(len(images))]
+    assert texts == alone.predict(images) == streamed
     assert [m for modes, _ in given for m in modes] == ["L"] * 2 * len(images)  # grey: a third of the bytes
     assert all(1 <= len(modes) <= 2 for modes, _ in given)  # batches of at most batch_size pages (``piece``)
     assert pooled.stats["pages"] == 2 * len(images) and pooled.stats["prepare_seconds"] > 0  # the workers' counts
@@ -385,13 +391,9 @@ def test_pages_prepared_by_worker_processes_read_the_same(row_model_ctc, row_pag
     submitted = []
     original = pooled._pool.submit
     pooled._pool.submit = lambda fn, im, *a: submitted.append(im.mode) or original(fn, im, *a)
-    try:
-        texts = pooled.predict(images)
-        streamed = dict(pooled.predict_stream((f"p{k}", im) for k, im in enumerate(images)))
-    finally:
-        pooled.close()
+    texts, streamed = read_twice(pooled, images)
     assert pooled._pool is None and sum(map(len, texts)) > 0
-    assert texts == alone.predict(images) == [streamed[f"p{k}"] for k in range(len(images))]
+    assert texts == alone.predict(images) == streamed
     assert submitted == ["L"] * 2 * len(images)  # the workers get grey pages: a third of the bytes
 
 

@@ -7,10 +7,10 @@ the benchmark fails if a single page differs. For a model that reads rows (invoi
 the way it reads by default (its CTC head's readings chosen by the decoder), and again with the head alone and with
 the decoder alone; the same-text count is reported, not required.
 ``--workers N`` adds the engine with N worker processes, as ``predict --workers N`` runs it (on a CPU each reads
-whole batches of pages with its own copy of the model; on a GPU they prepare pages for it). Tesseract (``--tesseract``) reads the same pages
-with the same cores (one process per core). Every case's CER against the pages' transcriptions is beside its
-speed. Latency of a page is the time until its text is out: for the naive way its own ``generate``, for the
-engine its batch (every page of a batch finishes together)."""
+whole batches of pages with its own copy of the model; on a GPU they prepare pages for it). Tesseract
+(``--tesseract``) reads the same pages with the same cores (one process per core). Every case's CER against the
+pages' transcriptions is beside its speed. Latency of a page is the time until its text is out: for the naive way
+its own ``generate``, for the engine its batch (every page of a batch finishes together)."""
 
 from __future__ import annotations
 
