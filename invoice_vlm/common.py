@@ -30,6 +30,10 @@ MAX_DOCUMENT_PAGES = 200
 DECODE_MODES = ("auto", "rescore", "ctc", "generate")
 DECODE_HELP = ("a row reader with a CTC head: auto (rescore) | rescore (the head's best readings of a row, the "
                "decoder choosing) | ctc (the head alone: fastest) | generate (the decoder alone)")
+# predict's, predict --out's and eval's --workers (the server's only prepare pages: its own help)
+WORKERS_HELP = ("a row reader: worker processes (-1: one a core; 0: none). On a CPU each reads whole batches of pages "
+                "with its own copy of the model (two batches a worker at least, where the page count is known; not "
+                "with --decode ctc); otherwise they prepare pages (deskew, segment) while the model reads")
 LEXICON_HELP = ("words the rescoring favours: auto (the system's word lists in /usr/share/dict, as make install "
                 "installs them) | none | a word list file (one word a line) or a folder of them")
 

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .common import (DECODE_HELP, DECODE_MODES, LEXICON_HELP, MAX_DOCUMENT_PAGES, InvoiceVLMError, environment_info,
-                     write_json)
+from .common import (DECODE_HELP, DECODE_MODES, LEXICON_HELP, MAX_DOCUMENT_PAGES, WORKERS_HELP, InvoiceVLMError,
+                     environment_info, write_json)
 
 # Logical CPUs held by each rendering task on Ray (it keeps one core busy while it runs): the actors must leave at
 # least this much, or no page is ever rendered and the job waits forever.
@@ -65,9 +65,7 @@ class PredictJobConfig:
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
     lexicon: str = field(default="auto", metadata={"help": LEXICON_HELP})
-    workers: int = field(default=-1, metadata={"help": "a row reader: worker processes (-1: one a core; 0: none). On a CPU each reads "
-                                                       "whole batches of pages with its own copy of the model; on a GPU "
-                                                       "they prepare pages (deskew, segment) while the model reads"})
+    workers: int = field(default=-1, metadata={"help": WORKERS_HELP})
     quantize: str = field(default="", metadata={"help": "int8: dynamic int8 quantisation (CPU)"})
     dtype: str = field(default="", metadata={"help": "fp32 | bf16 | fp16 (default: bf16 on a GPU and on a CPU with "
                                                      "bf16 arithmetic, else fp32)"})

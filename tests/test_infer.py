@@ -313,6 +313,12 @@ def test_on_a_cpu_worker_processes_read_whole_batches_of_pages_with_their_own_mo
     original = pooled._readers.submit
     pooled._readers.submit = lambda ims, prompt, worker, settings: (given.append(([im.mode for im in ims], worker))
                                                                     or original(ims, prompt, worker, settings))
+    # a page's preparation alone (submit_page, as the server asks it) goes to a reading worker too
+    from invoice_vlm.rows import page_rows
+
+    prepared = pooled.submit_page(images[0]).result()
+    expected = page_rows(images[0].convert("L"), pooled.unit)
+    assert len(prepared) == len(expected) > 0 and all(np.array_equal(a, b) for a, b in zip(prepared, expected))
     texts, streamed = read_twice(pooled, images)
     assert pooled._readers is None and sum(map(len, texts)) > 0
     assert texts == alone.predict(images) == streamed

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..common import DECODE_HELP, DECODE_MODES, LEXICON_HELP, InvoiceVLMError, environment_info, staged_dir, write_json
+from ..common import (DECODE_HELP, DECODE_MODES, LEXICON_HELP, WORKERS_HELP, InvoiceVLMError, environment_info,
+                      staged_dir, write_json)
 
 # ------------------------------------------------------------------------------------------ metrics
 
@@ -241,9 +242,7 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata={"help": "pages per forward pass"})
     decode: str = field(default="auto", metadata={"help": DECODE_HELP})
     lexicon: str = field(default="auto", metadata={"help": LEXICON_HELP})
-    workers: int = field(default=-1, metadata={"help": "a row reader: worker processes (-1: one a core; 0: none). On a CPU each reads "
-                                                       "whole batches of pages with its own copy of the model; on a GPU "
-                                                       "they prepare pages (deskew, segment) while the model reads"})
+    workers: int = field(default=-1, metadata={"help": WORKERS_HELP})
     max_new_tokens: int = field(default=0, metadata={"help": "0: from the longest reference, plus 10%"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N samples (0: all)"})
     dpi: int = field(default=200, metadata={"help": "render resolution of manifest PDF pages"})
