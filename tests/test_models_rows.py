@@ -175,6 +175,18 @@ def _teacher_forced(model, tok, unit, row, ids):
         bool((lp.argmax(-1) == labels)[keep].all())
 
 
+def _teacher_forced_steps(model, tok, unit, row, ids):
+    """log p of each token of ids + <eos> given the row and the tokens before it, by one forward pass."""
+    from invoice_vlm.models import row_model_inputs
+
+    one = row_batch([row], [tok.decode(ids)], tok, unit, model.config.image_token_index)
+    _, inputs = row_model_inputs(model, one)
+    labels = inputs.pop("labels")[:, 1:]
+    keep = labels != -100
+    lp = model(**inputs).logits[:, :-1].float().log_softmax(-1)
+    return lp.gather(-1, labels.clamp(min=0)[..., None])[..., 0][keep]
+
+
 def test_decoder_log_probs_equal_one_forward_per_candidate(row_model):
     """Candidates scored on a shared KV cache of their row's image prefix (rows of different widths, readings of
     different lengths) get the log-probability that one forward pass over row + reading + <eos> gives, and are
@@ -223,6 +235,21 @@ def test_the_decoders_own_reading_is_greedy_with_the_log_probability_it_wrote_it
         short = [len(written[0][0]), 60, 60]  # the first row's reading needs one token more (its <eos>)
         again = decoder_readings(model, batch, tokens, short, tok.eos_token_id, tok.pad_token_id)
         assert again[0] is None and again[1:] == written[1:]
+        # a reading wrong from its fourth token: the decoder follows it to there, and would write its own token
+        wrong = [w[0][:3] + [tok.convert_tokens_to_ids("#")] + w[0][4:] for w in written]
+        got = decoder_log_probs(model, batch, tokens, wrong + [w[0] for w in written], [0, 1, 2] * 2,
+                                tok.eos_token_id, tok.pad_token_id)
+        for k, (row, (ids, score)) in enumerate(zip(rows, written)):
+            assert got.leads[k] == ids[:4] and got.leads[k + 3] == ids + [tok.eos_token_id]
+            assert got.lead_log_probs[k + 3] == pytest.approx(score, abs=1e-3)
+            want = float(_teacher_forced_steps(model, tok, unit, row, ids)[:4].sum())
+            assert got.lead_log_probs[k] == pytest.approx(want, abs=1e-3)
+        # the decoder writes on from a lead (that ends a reading or not) as it would from the row's start
+        leads = [got.leads[0], got.leads[4], []]
+        again = decoder_readings(model, batch, tokens, [60] * 3, tok.eos_token_id, tok.pad_token_id, leads,
+                                 [got.lead_log_probs[0], got.lead_log_probs[4], 0.0])
+        assert [a[0] for a in again] == [w[0] for w in written]
+        assert [a[1] for a in again] == pytest.approx([w[1] for w in written], abs=1e-3)
 
 
 def test_the_row_reader_is_a_kind_like_the_page_models(row_model, tiny_model):

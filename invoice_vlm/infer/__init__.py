@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Hashable, Iterable, Iterator, Sequence
+from typing import Hashable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,15 @@ RESCORE_BEAM, RESCORE_MARGIN, RESCORE_CTC_WEIGHT, RESCORE_LENGTH_BONUS = 8, 3.0,
 RESCORE_LEXICON_BONUS = 1.0
 # the decoder's own reading of a row may be at most this many tokens longer than the head's longest reading
 JOIN_SLACK = 8
+
+
+class Left(NamedTuple):
+    """A row whose decoder would write none of its head's readings, until the decoder has read it itself."""
+
+    found: list[tuple[list[int], float, float]]  # the head's readings: (ids, CTC, decoder log-probability)
+    lead: list[int]  # what the decoder's own reading starts with (DecoderScores.leads: the longest of its readings')
+    lead_log_prob: float
+    tokens: torch.Tensor  # its image tokens, (rows of features, its own columns, hidden): not encoded twice
 
 
 def default_dtype(device: str) -> str:
@@ -343,7 +352,7 @@ class Predictor:
         self.model.eval()
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
         try:
-            pending: dict[int, list[tuple[list[int], float, float]]] = {}  # rows the decoder is to read as well
+            pending: dict[int, Left] = {}  # rows the decoder is to read as well
             for i in range(0, len(order), self.row_batch_size):
                 chunk = order[i:i + self.row_batch_size]
                 batch = self._row_inputs([rows[j] for j in chunk], dtype)
@@ -399,11 +408,11 @@ class Predictor:
         return batch
 
     def _rescore(self, batch: dict[str, torch.Tensor],
-                 tokens: torch.Tensor) -> tuple[list[list[int]], dict[int, list[tuple[list[int], float, float]]]]:
+                 tokens: torch.Tensor) -> tuple[list[list[int]], dict[int, "Left"]]:
         """Joint CTC/attention decoding, first part: each row's best reading among the head's (RESCORE_*), and the
-        rows whose decoder would write none of the head's readings, with those readings as (ids, CTC, decoder
-        log-probability): their decoder's own reading is to join them (``_join_decoder_readings``). A row whose
-        head has one reading within the margin keeps it without the decoder."""
+        rows whose decoder would write none of the head's readings (``Left``): their decoder's own reading is to join
+        them (``_join_decoder_readings``). A row whose head has one reading within the margin keeps it without the
+        decoder."""
         from ..models import decoder_log_probs
 
         nbest = self.ctc_head.nbest(tokens, batch["image_columns"], RESCORE_BEAM, RESCORE_MARGIN)
@@ -418,32 +427,44 @@ class Predictor:
                                    tok.pad_token_id)
         att, follows = iter(scored.log_probs.tolist()), scored.greedy.tolist()
         followed = {need[o] for o, g in zip(owner, follows) if g}
+        # where the decoder departs last from the head's readings: its own reading starts there (Left.lead)
+        lead: dict[int, int] = {}
+        for i, o in enumerate(owner):
+            if need[o] not in lead or len(scored.leads[i]) > len(scored.leads[lead[need[o]]]):
+                lead[need[o]] = i
+        per_col = self.unit.height // self.unit.multiple
         left = {}
         for k in need:
             found = [(ids, ctc, next(att)) for ids, ctc in nbest[k]]
             out[k] = self._best_reading(found)
             if k not in followed:
-                left[k] = found
+                cols, own = tokens.shape[1] // per_col, int(batch["image_columns"][k])
+                left[k] = Left(found, scored.leads[lead[k]], scored.lead_log_probs[lead[k]],
+                               tokens[k].view(per_col, cols, -1)[:, :own].clone())
         return out, left
 
-    def _join_decoder_readings(self, rows: list[np.ndarray], readings: list[list[tuple[list[int], float, float]]],
-                               dtype: torch.dtype) -> list[list[int]]:
+    def _join_decoder_readings(self, rows: list[np.ndarray], left: list["Left"], dtype: torch.dtype) -> list[list[int]]:
         """Joint CTC/attention decoding, second part: the decoder reads each of ``rows`` itself (greedy, each row to
-        its own budget; a reading that runs past it is left out), its reading joins the row's ``readings`` with its
-        CTC log-probability, and the best by both scores is the row's. Rows widest first, in batches."""
-        from ..models import decoder_readings, row_image_tokens, row_token_budget
+        its own budget, from its lead on; a reading that runs past it is left out), its reading joins the row's
+        readings with its CTC log-probability, and the best by both scores is the row's. Rows widest first, in
+        batches, on the image tokens the scoring pass had."""
+        from ..models import decoder_readings, row_token_budget
 
         tok = self.processor.tokenizer
+        readings = [x.found for x in left]
         order = sorted(range(len(rows)), key=lambda i: -rows[i].shape[1])
         for i in range(0, len(order), self.row_batch_size):
             part = order[i:i + self.row_batch_size]
             batch = self._row_inputs([rows[k] for k in part], dtype)
-            tokens = row_image_tokens(self.model, batch)
+            cols = batch["pixel_values"].shape[3] // self.unit.multiple
+            tokens = torch.stack([torch.nn.functional.pad(left[k].tokens, (0, 0, 0, cols - left[k].tokens.shape[1]))
+                                  for k in part]).flatten(1, 2)
             # a reading much longer than the head's longest has run on (the head would give it next to no chance):
             # capping it there keeps a batch of noisy rows from running to the widest row's budget
             budgets = [min(row_token_budget(rows[k].shape[1], self.unit, self.max_new_tokens),
                            max(len(ids) for ids, _, _ in readings[k]) + JOIN_SLACK + 1) for k in part]
-            written = decoder_readings(self.model, batch, tokens, budgets, tok.eos_token_id, tok.pad_token_id)
+            written = decoder_readings(self.model, batch, tokens, budgets, tok.eos_token_id, tok.pad_token_id,
+                                       [left[k].lead for k in part], [left[k].lead_log_prob for k in part])
             kept = [q for q, w in enumerate(written) if w is not None]
             if not kept:
                 continue

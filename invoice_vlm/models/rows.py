@@ -408,6 +408,10 @@ class DecoderScores(NamedTuple):
     log_probs: torch.Tensor  # log p(candidate + <eos> | its row), one a candidate
     greedy: torch.Tensor  # bool, one a candidate: the decoder's most likely token at each of its steps, <eos> last
     # included, is the candidate's own (greedy decoding would write exactly this candidate)
+    leads: list[list[int]]  # one a candidate: what greedy decoding writes first, known from this pass: the
+    # candidate's tokens up to the first step where the decoder's most likely token is another, and that token (the
+    # whole candidate and its <eos> where it is greedy)
+    lead_log_probs: list[float]  # log p(lead | its row), one a candidate
 
 
 def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor, candidates: list[list[int]],
@@ -442,18 +446,19 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
     ids = ids.to(dev)
     shared = torch.stack([lp[r, head - 1:head - 1 + common[r]].gather(-1, ids[r, head:head + common[r], None]).sum()
                           for r in range(n)])
-    top = lp.argmax(-1)
-    shared_greedy = torch.stack([top[r, head - 1:head - 1 + common[r]].eq(ids[r, head:head + common[r]]).all()
-                                 for r in range(n)])
+    # each step's own token's log-probability and the most likely token (with its own), from the step that writes
+    # the first token on: what greedy decoding would write is read off these (DecoderScores.leads)
+    top_lp, top = lp[:, head - 1:head + width].max(-1)
+    steps = [(lp[:, head - 1:head - 1 + width].gather(-1, ids[:, head:head + width, None])[..., 0].tolist(),
+              top.tolist(), top_lp.tolist())]
     tails = [s[common[o]:] for s, o in zip(seqs, owner)]
     idx = torch.tensor(owner, device=dev)
     start = lp[idx, head - 1 + torch.tensor([common[o] for o in owner], device=dev)]
     first_ids = torch.tensor([t[0] for t in tails], device=dev)
     first = start.gather(1, first_ids[:, None])[:, 0]
-    greedy = shared_greedy[idx] & start.argmax(-1).eq(first_ids)
-    # transformers 5.25 renamed the forward's past_key_values to cache (the old name warns until 5.40)
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    own: list = [None] * len(seqs)  # per candidate: (own token's, most likely token, its) at each step of its remainder
+    firsts = first.tolist()
+    cache, name = _cache_io(model, out)
     rest = torch.zeros(len(tails), device=dev)
     # the remainders run in groups of similar length (padded to one length, a batch of them was mostly padding),
     # each on its own copy of its rows' caches
@@ -472,9 +477,23 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
         positions = inputs["attention_mask"][sel].sum(-1, keepdim=True) + torch.arange(length, device=dev)[None]
         logits = model(input_ids=cand, attention_mask=torch.cat([inputs["attention_mask"][sel], cmask], 1),
                        position_ids=positions, **{name: past}).logits.float().log_softmax(-1)
-        rest[group] = (logits[:, :-1].gather(-1, cand[:, 1:, None])[..., 0] * cmask[:, 1:]).sum(-1)
-        greedy[group] &= (logits[:, :-1].argmax(-1).eq(cand[:, 1:]) | ~cmask[:, 1:].bool()).all(-1)
-    return DecoderScores(shared[idx] + first + rest, greedy)
+        step_lp = logits[:, :-1].gather(-1, cand[:, 1:, None])[..., 0]
+        rest[group] = (step_lp * cmask[:, 1:]).sum(-1)
+        best_lp, best = logits[:, :-1].max(-1)
+        for row, (a, b, c) in enumerate(zip(step_lp.tolist(), best.tolist(), best_lp.tolist())):
+            own[group[row]] = (a, b, c)
+    step_lps, step_top, step_top_lp = steps[0]
+    leads, lead_lps, greedy = [], [], []
+    for i, (seq, o) in enumerate(zip(seqs, owner)):
+        c, t = common[o], len(tails[i]) - 1
+        a, b, v = own[i]
+        written = step_lps[o][:c] + [firsts[i]] + a[:t]
+        top_ids = step_top[o][:c + 1] + b[:t]
+        agree = next((k for k in range(len(seq)) if top_ids[k] != seq[k]), len(seq))
+        greedy.append(agree == len(seq))
+        leads.append(seq[:agree] + ([top_ids[agree]] if agree < len(seq) else []))
+        lead_lps.append(sum(written[:agree]) + ((step_top_lp[o][:c + 1] + v[:t])[agree] if agree < len(seq) else 0.0))
+    return DecoderScores(shared[idx] + first + rest, torch.tensor(greedy, device=dev), leads, lead_lps)
 
 
 def row_token_budget(width: int, unit: ReadingUnit, most: int | None = None) -> int:
@@ -486,19 +505,85 @@ def row_token_budget(width: int, unit: ReadingUnit, most: int | None = None) -> 
 
 
 def decoder_readings(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor, budgets: list[int], eos: int,
-                     pad: int) -> list[tuple[list[int], float] | None]:
+                     pad: int, leads: list[list[int]] | None = None,
+                     lead_log_probs: list[float] | None = None) -> list[tuple[list[int], float] | None]:
     """The decoder's own greedy reading of each row of ``batch`` (a ``row_batch`` without texts, ``tokens`` its image
-    tokens) with its log p(reading + <eos> | row); None for a row that has not ended within its budget (it ran on)."""
-    _, inputs = row_model_inputs(model, batch, tokens=tokens)
-    out = model.generate(**inputs, max_new_tokens=max(budgets), do_sample=False, use_cache=True, eos_token_id=eos,
-                         pad_token_id=pad, return_dict_in_generate=True, output_logits=True)
-    written = out.sequences[:, -len(out.logits):]  # the new tokens (a decoder-only generate may return the prompt)
-    lp = torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, written[..., None])[..., 0]
-    readings: list[tuple[list[int], float] | None] = []
-    for row, row_lp, budget in zip(written.tolist(), lp, budgets):
-        end = row.index(eos) if eos in row else len(row)
-        readings.append((row[:end], float(row_lp[:end + 1].sum())) if end < budget else None)
+    tokens) with its log p(reading + <eos> | row); None for a row that has not ended within its budget (it ran on).
+    ``leads``: tokens each row's greedy reading is known to start with (``DecoderScores.leads``, with their
+    ``lead_log_probs``): they are read with the row's image as its prompt, and the decoder writes on from there. A
+    row's prompt is padded between its image and its <bos>, kept out of attention and of the positions, so that every
+    row's next token comes from the same place and a row reads as it would alone."""
+    leads = leads if leads is not None else [[] for _ in budgets]
+    lead_lps = lead_log_probs if lead_log_probs is not None else [0.0] * len(budgets)
+    readings: list[tuple[list[int], float] | None] = [None] * len(budgets)
+    todo = []
+    for k, (lead, budget) in enumerate(zip(leads, budgets)):
+        if lead and lead[-1] == eos:  # the lead ends the reading: nothing is left to write
+            readings[k] = (lead[:-1], lead_lps[k]) if len(lead) <= budget else None
+        else:
+            todo.append(k)
+    if not todo:
+        return readings
+    most = max(len(leads[k]) for k in todo)
+    n_image = batch["input_ids"].shape[1] - 1  # a row_batch without texts: its image tokens, then <bos>
+    ids = torch.full((len(todo), n_image + most + 1), pad, dtype=batch["input_ids"].dtype)
+    mask = torch.zeros_like(ids)
+    for row, k in enumerate(todo):
+        seq = batch["input_ids"][k, n_image:].tolist() + leads[k]
+        ids[row, :n_image], mask[row, :n_image] = batch["input_ids"][k, :n_image], batch["attention_mask"][k, :n_image]
+        ids[row, -len(seq):], mask[row, -len(seq):] = torch.tensor(seq), 1
+    dev = tokens.device
+    sub = {**{n: v[todo] for n, v in batch.items()}, "input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
+    _, inputs = row_model_inputs(model, sub, tokens=tokens[todo])
+    for k, (row, row_lp) in zip(todo, _greedy(model, inputs, [budgets[k] - len(leads[k]) for k in todo], eos)):
+        if row and row[-1] == eos:
+            readings[k] = (leads[k] + row[:-1], lead_lps[k] + row_lp)
     return readings
+
+
+def _cache_io(model, out) -> tuple[object, str]:
+    """A forward's KV cache and the name the forward takes it back by (transformers 5.25 renamed past_key_values to
+    cache; the old name warns until 5.40)."""
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    return cache, "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _greedy(model, inputs: dict[str, torch.Tensor], rooms: list[int], eos: int) -> list[tuple[list[int], float]]:
+    """Greedy decoding of each prompt of ``inputs`` (``row_model_inputs``) to its <eos> or its room in tokens,
+    whichever comes first: (tokens written, <eos> last where it ended; their log-probability). A row that has ended
+    leaves the batch (``generate`` goes on computing it to the last row's end, which on real rows was most of the
+    steps: one that runs on keeps the batch going for a hundred more)."""
+    out = model(**inputs, use_cache=True)
+    cache, name = _cache_io(model, out)
+    logits = out.logits[:, -1]
+    mask, positions = inputs["attention_mask"], inputs["position_ids"][:, -1:]
+    written: list[list[int]] = [[] for _ in rooms]
+    scores = [0.0] * len(rooms)
+    rows = [k for k, room in enumerate(rooms) if room > 0]  # the rows still writing, in the batch's order
+    if len(rows) < len(rooms):
+        keep = torch.tensor(rows, device=logits.device)
+        cache.reorder_cache(keep)
+        logits, mask, positions = logits[keep], mask[keep], positions[keep]
+    while rows:
+        best_lp, best = logits.float().log_softmax(-1).max(-1)
+        going = []
+        for q, (k, t, v) in enumerate(zip(rows, best.tolist(), best_lp.tolist())):
+            written[k].append(t)
+            scores[k] += v
+            if t != eos and len(written[k]) < rooms[k]:
+                going.append(q)
+        if not going:
+            break
+        if len(going) < len(rows):
+            keep = torch.tensor(going, device=logits.device)
+            cache.reorder_cache(keep)
+            best, mask, positions = best[keep], mask[keep], positions[keep]
+            rows = [rows[q] for q in going]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+        positions = positions + 1
+        logits = model(input_ids=best[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                       **{name: cache}).logits[:, -1]
+    return list(zip(written, scores))
 
 
 def create_row_model(out: str | Path, cfg: RowModelConfig | None = None) -> Path:
