@@ -212,7 +212,9 @@ def test_decoder_log_probs_equal_one_forward_per_candidate(row_model):
 def test_the_decoders_own_reading_is_greedy_with_the_log_probability_it_wrote_it_with():
     """decoder_readings (what joins the head's readings in joint decoding), on the shipped reader: each row's reading
     ends within its budget, decoder_log_probs flags it greedy and scores it as the decoder wrote it, and a row that
-    has not ended within its budget has no reading (it ran on)."""
+    has not ended within its budget has no reading (it ran on). decoder_log_probs knows where greedy decoding departs
+    from a reading (its lead), and the decoder reads the same from a lead, and on the scoring pass's KV cache of the
+    rows' images (rows of different widths), as from the start."""
     from invoice_vlm.models import EMBEDDED_DIR, decoder_log_probs, decoder_readings, row_image_tokens
 
     model, processor = load(EMBEDDED_DIR)
@@ -250,6 +252,11 @@ def test_the_decoders_own_reading_is_greedy_with_the_log_probability_it_wrote_it
                                  [got.lead_log_probs[0], got.lead_log_probs[4], 0.0])
         assert [a[0] for a in again] == [w[0] for w in written]
         assert [a[1] for a in again] == pytest.approx([w[1] for w in written], abs=1e-3)
+        # and on the KV cache the scoring pass left of each row's image tokens, as from the image
+        cached = decoder_readings(model, batch, tokens, [60] * 3, tok.eos_token_id, tok.pad_token_id, leads,
+                                  [got.lead_log_probs[0], got.lead_log_probs[4], 0.0], got.prefix)
+        assert [a[0] for a in cached] == [w[0] for w in written]
+        assert [a[1] for a in cached] == pytest.approx([w[1] for w in written], abs=1e-3)
 
 
 def test_the_row_reader_is_a_kind_like_the_page_models(row_model, tiny_model):

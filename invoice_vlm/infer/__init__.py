@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Hashable, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Hashable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from PIL import Image
 
 from ..common import DECODE_MODES
 from .lexicon import load_lexicon
+
+if TYPE_CHECKING:
+    from ..models import RowPrefix
 
 DEFAULT_PROMPT = "ocr"
 # rescore: each row's RESCORE_BEAM best readings by the CTC head (prefix beam search), those within RESCORE_MARGIN
@@ -53,6 +56,7 @@ class Left(NamedTuple):
     lead: list[int]  # what the decoder's own reading starts with (DecoderScores.leads: the longest of its readings')
     lead_log_prob: float
     tokens: torch.Tensor  # its image tokens, (rows of features, its own columns, hidden): not encoded twice
+    prefix: "RowPrefix"  # and as the decoder's KV cache held them in the scoring pass: not read twice
 
 
 def default_dtype(device: str) -> str:
@@ -413,7 +417,7 @@ class Predictor:
         rows whose decoder would write none of the head's readings (``Left``): their decoder's own reading is to join
         them (``_join_decoder_readings``). A row whose head has one reading within the margin keeps it without the
         decoder."""
-        from ..models import decoder_log_probs
+        from ..models import RowPrefix, decoder_log_probs
 
         nbest = self.ctc_head.nbest(tokens, batch["image_columns"], RESCORE_BEAM, RESCORE_MARGIN)
         out = [found[0][0] for found in nbest]
@@ -439,8 +443,11 @@ class Predictor:
             out[k] = self._best_reading(found)
             if k not in followed:
                 cols, own = tokens.shape[1] // per_col, int(batch["image_columns"][k])
+                o = need.index(k)
+                kept = RowPrefix(*([t.clone() for t in part] for part in scored.prefix[o][:2]),
+                                 scored.prefix[o].mask.clone())
                 left[k] = Left(found, scored.leads[lead[k]], scored.lead_log_probs[lead[k]],
-                               tokens[k].view(per_col, cols, -1)[:, :own].clone())
+                               tokens[k].view(per_col, cols, -1)[:, :own].clone(), kept)
         return out, left
 
     def _join_decoder_readings(self, rows: list[np.ndarray], left: list["Left"], dtype: torch.dtype) -> list[list[int]]:
@@ -464,7 +471,8 @@ class Predictor:
             budgets = [min(row_token_budget(rows[k].shape[1], self.unit, self.max_new_tokens),
                            max(len(ids) for ids, _, _ in readings[k]) + JOIN_SLACK + 1) for k in part]
             written = decoder_readings(self.model, batch, tokens, budgets, tok.eos_token_id, tok.pad_token_id,
-                                       [left[k].lead for k in part], [left[k].lead_log_prob for k in part])
+                                       [left[k].lead for k in part], [left[k].lead_log_prob for k in part],
+                                       [left[k].prefix for k in part])
             kept = [q for q, w in enumerate(written) if w is not None]
             if not kept:
                 continue

@@ -41,7 +41,7 @@ from .paligemma import (
     TinyModelConfig, build_model, build_processor, build_tokenizer, create_tiny,
 )
 from .rows import (
-    CTC_HEAD_FILE, CtcHead, DecoderScores, ROW_MARGIN, ROW_SPECIALS, ReadingUnit, RowKind, RowModelConfig,
+    CTC_HEAD_FILE, CtcHead, DecoderScores, ROW_MARGIN, ROW_SPECIALS, ReadingUnit, RowKind, RowModelConfig, RowPrefix,
     TRAIN_WIDTH_GRID, build_char_tokenizer, build_row_model, build_row_processor, create_row_model, ctc_nbest,
     decoder_log_probs, decoder_readings, greedy_ctc, reading_unit_of, row_alphabet, row_batch, row_image_tokens,
     row_model_inputs, row_token_budget,
@@ -59,7 +59,7 @@ __all__ = [  # the package's names: each kind's module, and resolve_model below
     "build_processor", "build_tokenizer", "create_tiny", "CTC_HEAD_FILE", "CtcHead", "DecoderScores", "ROW_MARGIN",
     "ROW_SPECIALS", "ReadingUnit", "RowKind", "RowModelConfig", "TRAIN_WIDTH_GRID", "build_char_tokenizer",
     "build_row_model", "build_row_processor", "create_row_model", "ctc_nbest", "decoder_log_probs",
-    "decoder_readings", "greedy_ctc", "reading_unit_of", "row_alphabet", "row_batch", "row_image_tokens",
+    "decoder_readings", "greedy_ctc", "RowPrefix", "reading_unit_of", "row_alphabet", "row_batch", "row_image_tokens",
     "row_model_inputs", "row_token_budget", "resolve_model",
 ]
 

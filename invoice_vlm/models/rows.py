@@ -404,6 +404,15 @@ def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -7.0) 
 _RESCORE_GROUP = 48  # remainders a forward pass
 
 
+class RowPrefix(NamedTuple):
+    """A row's image tokens as the decoder's KV cache holds them after reading them (``DecoderScores.prefix``), for
+    ``decoder_readings`` to write on from without reading the image again."""
+
+    keys: list[torch.Tensor]  # one a decoder layer: (key/value heads, image tokens, head dim)
+    values: list[torch.Tensor]
+    mask: torch.Tensor  # (image tokens,): 1 where attended (a row's padded columns are not)
+
+
 class DecoderScores(NamedTuple):
     log_probs: torch.Tensor  # log p(candidate + <eos> | its row), one a candidate
     greedy: torch.Tensor  # bool, one a candidate: the decoder's most likely token at each of its steps, <eos> last
@@ -412,6 +421,7 @@ class DecoderScores(NamedTuple):
     # candidate's tokens up to the first step where the decoder's most likely token is another, and that token (the
     # whole candidate and its <eos> where it is greedy)
     lead_log_probs: list[float]  # log p(lead | its row), one a candidate
+    prefix: list[RowPrefix]  # one a row: its image tokens as the decoder's KV cache holds them
 
 
 def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor, candidates: list[list[int]],
@@ -459,6 +469,10 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
     own: list = [None] * len(seqs)  # per candidate: (own token's, most likely token, its) at each step of its remainder
     firsts = first.tolist()
     cache, name = _cache_io(model, out)
+    n_image = head - 1
+    prefix = [RowPrefix([layer.keys[r, :, :n_image] for layer in cache.layers],
+                        [layer.values[r, :, :n_image] for layer in cache.layers], inputs["attention_mask"][r, :n_image])
+              for r in range(n)]
     rest = torch.zeros(len(tails), device=dev)
     # the remainders run in groups of similar length (padded to one length, a batch of them was mostly padding),
     # each on its own copy of its rows' caches
@@ -493,7 +507,7 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
         greedy.append(agree == len(seq))
         leads.append(seq[:agree] + ([top_ids[agree]] if agree < len(seq) else []))
         lead_lps.append(sum(written[:agree]) + ((step_top_lp[o][:c + 1] + v[:t])[agree] if agree < len(seq) else 0.0))
-    return DecoderScores(shared[idx] + first + rest, torch.tensor(greedy, device=dev), leads, lead_lps)
+    return DecoderScores(shared[idx] + first + rest, torch.tensor(greedy, device=dev), leads, lead_lps, prefix)
 
 
 def row_token_budget(width: int, unit: ReadingUnit, most: int | None = None) -> int:
@@ -505,14 +519,15 @@ def row_token_budget(width: int, unit: ReadingUnit, most: int | None = None) -> 
 
 
 def decoder_readings(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor, budgets: list[int], eos: int,
-                     pad: int, leads: list[list[int]] | None = None,
-                     lead_log_probs: list[float] | None = None) -> list[tuple[list[int], float] | None]:
+                     pad: int, leads: list[list[int]] | None = None, lead_log_probs: list[float] | None = None,
+                     prefixes: list[RowPrefix] | None = None) -> list[tuple[list[int], float] | None]:
     """The decoder's own greedy reading of each row of ``batch`` (a ``row_batch`` without texts, ``tokens`` its image
     tokens) with its log p(reading + <eos> | row); None for a row that has not ended within its budget (it ran on).
     ``leads``: tokens each row's greedy reading is known to start with (``DecoderScores.leads``, with their
-    ``lead_log_probs``): they are read with the row's image as its prompt, and the decoder writes on from there. A
-    row's prompt is padded between its image and its <bos>, kept out of attention and of the positions, so that every
-    row's next token comes from the same place and a row reads as it would alone."""
+    ``lead_log_probs``): they are read after the row's image and <bos>, and the decoder writes on from there.
+    ``prefixes``: the rows' image tokens as a scoring pass's KV cache held them (``DecoderScores.prefix``), read
+    instead of the image. A row's prompt is padded between its image and its <bos>, kept out of attention and of the
+    positions, so that every row's next token comes from the same place and a row reads as it would alone."""
     leads = leads if leads is not None else [[] for _ in budgets]
     lead_lps = lead_log_probs if lead_log_probs is not None else [0.0] * len(budgets)
     readings: list[tuple[list[int], float] | None] = [None] * len(budgets)
@@ -524,27 +539,50 @@ def decoder_readings(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor
             todo.append(k)
     if not todo:
         return readings
-    most = max(len(leads[k]) for k in todo)
+    dev = tokens.device
     n_image = batch["input_ids"].shape[1] - 1  # a row_batch without texts: its image tokens, then <bos>
-    ids = torch.full((len(todo), n_image + most + 1), pad, dtype=batch["input_ids"].dtype)
+    most = max(len(leads[k]) for k in todo) + 1
+    # each row's <bos> and lead, padded before them to one length
+    ids = torch.full((len(todo), most), pad, dtype=batch["input_ids"].dtype)
     mask = torch.zeros_like(ids)
     for row, k in enumerate(todo):
         seq = batch["input_ids"][k, n_image:].tolist() + leads[k]
-        ids[row, :n_image], mask[row, :n_image] = batch["input_ids"][k, :n_image], batch["attention_mask"][k, :n_image]
         ids[row, -len(seq):], mask[row, -len(seq):] = torch.tensor(seq), 1
-    dev = tokens.device
-    sub = {**{n: v[todo] for n, v in batch.items()}, "input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
-    _, inputs = row_model_inputs(model, sub, tokens=tokens[todo])
+    if prefixes is None:
+        ids = torch.cat([batch["input_ids"][todo, :n_image], ids], 1)
+        mask = torch.cat([batch["attention_mask"][todo, :n_image], mask], 1)
+        sub = {**{n: v[todo] for n, v in batch.items()}, "input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
+        _, inputs = row_model_inputs(model, sub, tokens=tokens[todo])
+    else:
+        inputs = _on_prefixes(model, [prefixes[k] for k in todo], ids.to(dev), mask.to(dev))
     for k, (row, row_lp) in zip(todo, _greedy(model, inputs, [budgets[k] - len(leads[k]) for k in todo], eos)):
         if row and row[-1] == eos:
             readings[k] = (leads[k] + row[:-1], lead_lps[k] + row_lp)
     return readings
 
 
+def _on_prefixes(model, prefixes: list[RowPrefix], ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    """A forward's inputs for ``ids`` (with their ``mask``) read after each row's cached image tokens: the prefixes
+    padded before them to one length (kept out of attention), positions counting only the tokens attended to."""
+    from transformers import DynamicCache
+
+    longest = max(len(p.mask) for p in prefixes)
+    cache = DynamicCache()
+    for layer in range(len(prefixes[0].keys)):
+        keys, values = (torch.stack([torch.nn.functional.pad(getattr(p, part)[layer], (0, 0, longest - len(p.mask), 0))
+                                     for p in prefixes]) for part in ("keys", "values"))
+        cache.update(keys, values, layer)
+    seen = torch.stack([torch.nn.functional.pad(p.mask, (longest - len(p.mask), 0)) for p in prefixes]).to(mask)
+    full = torch.cat([seen, mask], 1)
+    positions = (full.cumsum(-1) - 1).clamp_(min=0)[:, longest:]
+    _, name = _cache_io(model, None)
+    return {"input_ids": ids, "attention_mask": full, "position_ids": positions, name: cache}
+
+
 def _cache_io(model, out) -> tuple[object, str]:
     """A forward's KV cache and the name the forward takes it back by (transformers 5.25 renamed past_key_values to
     cache; the old name warns until 5.40)."""
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache = None if out is None else out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     return cache, "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
