@@ -438,14 +438,13 @@ class Predictor:
                 lead[need[o]] = i
         per_col = self.unit.height // self.unit.multiple
         left = {}
-        for k in need:
+        for o, k in enumerate(need):
             found = [(ids, ctc, next(att)) for ids, ctc in nbest[k]]
             out[k] = self._best_reading(found)
             if k not in followed:
                 cols, own = tokens.shape[1] // per_col, int(batch["image_columns"][k])
-                o = need.index(k)
-                kept = RowPrefix(*([t.clone() for t in part] for part in scored.prefix[o][:2]),
-                                 scored.prefix[o].mask.clone())
+                p = scored.prefix[o]
+                kept = RowPrefix([t.clone() for t in p.keys], [t.clone() for t in p.values], p.mask.clone())
                 left[k] = Left(found, scored.leads[lead[k]], scored.lead_log_probs[lead[k]],
                                tokens[k].view(per_col, cols, -1)[:, :own].clone(), kept)
         return out, left

@@ -459,14 +459,15 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
     # each step's own token's log-probability and the most likely token (with its own), from the step that writes
     # the first token on: what greedy decoding would write is read off these (DecoderScores.leads)
     top_lp, top = lp[:, head - 1:head + width].max(-1)
-    steps = [(lp[:, head - 1:head - 1 + width].gather(-1, ids[:, head:head + width, None])[..., 0].tolist(),
-              top.tolist(), top_lp.tolist())]
+    step_lps = lp[:, head - 1:head - 1 + width].gather(-1, ids[:, head:head + width, None])[..., 0].tolist()
+    step_top, step_top_lp = top.tolist(), top_lp.tolist()
     tails = [s[common[o]:] for s, o in zip(seqs, owner)]
     idx = torch.tensor(owner, device=dev)
     start = lp[idx, head - 1 + torch.tensor([common[o] for o in owner], device=dev)]
     first_ids = torch.tensor([t[0] for t in tails], device=dev)
     first = start.gather(1, first_ids[:, None])[:, 0]
-    own: list = [None] * len(seqs)  # per candidate: (own token's, most likely token, its) at each step of its remainder
+    # per candidate, over its remainder's steps: its own token's log-probability, the most likely token, and its log-probability
+    own: list = [None] * len(seqs)
     firsts = first.tolist()
     cache, name = _cache_io(model, out)
     n_image = head - 1
@@ -496,7 +497,6 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
         best_lp, best = logits[:, :-1].max(-1)
         for row, (a, b, c) in enumerate(zip(step_lp.tolist(), best.tolist(), best_lp.tolist())):
             own[group[row]] = (a, b, c)
-    step_lps, step_top, step_top_lp = steps[0]
     leads, lead_lps, greedy = [], [], []
     for i, (seq, o) in enumerate(zip(seqs, owner)):
         c, t = common[o], len(tails[i]) - 1
@@ -587,7 +587,7 @@ def _cache_io(model, out) -> tuple[object, str]:
 
 
 def _greedy(model, inputs: dict[str, torch.Tensor], rooms: list[int], eos: int) -> list[tuple[list[int], float]]:
-    """Greedy decoding of each prompt of ``inputs`` (``row_model_inputs``) to its <eos> or its room in tokens,
+    """Greedy decoding of each prompt of ``inputs`` (``row_model_inputs``, ``_on_prefixes``) to its <eos> or its room,
     whichever comes first: (tokens written, <eos> last where it ended; their log-probability). A row that has ended
     leaves the batch (``generate`` goes on computing it to the last row's end, which on real rows was most of the
     steps: one that runs on keeps the batch going for a hundred more)."""
