@@ -466,7 +466,7 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
     start = lp[idx, head - 1 + torch.tensor([common[o] for o in owner], device=dev)]
     first_ids = torch.tensor([t[0] for t in tails], device=dev)
     first = start.gather(1, first_ids[:, None])[:, 0]
-    # per candidate, over its remainder's steps: its own token's log-probability, the most likely token, and its log-probability
+    # per candidate, at each step of its remainder: its token's log-probability, the most likely token and its own
     own: list = [None] * len(seqs)
     firsts = first.tolist()
     cache, name = _cache_io(model, out)
