@@ -469,7 +469,7 @@ def decoder_log_probs(model, batch: dict[str, torch.Tensor], tokens: torch.Tenso
     # per candidate, at each step of its remainder: its token's log-probability, the most likely token and its own
     own: list = [None] * len(seqs)
     firsts = first.tolist()
-    cache, name = _cache_io(model, out)
+    cache, name = _cache_of(out), _cache_name(model)
     n_image = head - 1
     prefix = [RowPrefix([layer.keys[r, :, :n_image] for layer in cache.layers],
                         [layer.values[r, :, :n_image] for layer in cache.layers], inputs["attention_mask"][r, :n_image])
@@ -535,7 +535,7 @@ def decoder_readings(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor
     for k, (lead, budget) in enumerate(zip(leads, budgets)):
         if lead and lead[-1] == eos:  # the lead ends the reading: nothing is left to write
             readings[k] = (lead[:-1], lead_lps[k]) if len(lead) <= budget else None
-        else:
+        elif len(lead) < budget:  # room for one token at least (its <eos>); a longer lead has run past its budget
             todo.append(k)
     if not todo:
         return readings
@@ -556,7 +556,7 @@ def decoder_readings(model, batch: dict[str, torch.Tensor], tokens: torch.Tensor
     else:
         inputs = _on_prefixes(model, [prefixes[k] for k in todo], ids.to(dev), mask.to(dev))
     for k, (row, row_lp) in zip(todo, _greedy(model, inputs, [budgets[k] - len(leads[k]) for k in todo], eos)):
-        if row and row[-1] == eos:
+        if row[-1] == eos:
             readings[k] = (leads[k] + row[:-1], lead_lps[k] + row_lp)
     return readings
 
@@ -575,33 +575,32 @@ def _on_prefixes(model, prefixes: list[RowPrefix], ids: torch.Tensor, mask: torc
     seen = torch.stack([torch.nn.functional.pad(p.mask, (longest - len(p.mask), 0)) for p in prefixes]).to(mask)
     full = torch.cat([seen, mask], 1)
     positions = (full.cumsum(-1) - 1).clamp_(min=0)[:, longest:]
-    _, name = _cache_io(model, None)
-    return {"input_ids": ids, "attention_mask": full, "position_ids": positions, name: cache}
+    return {"input_ids": ids, "attention_mask": full, "position_ids": positions, _cache_name(model): cache}
 
 
-def _cache_io(model, out) -> tuple[object, str]:
-    """A forward's KV cache and the name the forward takes it back by (transformers 5.25 renamed past_key_values to
-    cache; the old name warns until 5.40)."""
-    cache = None if out is None else out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    return cache, "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def _cache_name(model) -> str:
+    """The name ``model``'s forward takes a KV cache by (transformers 5.25 renamed past_key_values to cache; the old
+    name warns until 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    """A forward's KV cache, by either name (``_cache_name``)."""
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 
 def _greedy(model, inputs: dict[str, torch.Tensor], rooms: list[int], eos: int) -> list[tuple[list[int], float]]:
     """Greedy decoding of each prompt of ``inputs`` (``row_model_inputs``, ``_on_prefixes``) to its <eos> or its room,
-    whichever comes first: (tokens written, <eos> last where it ended; their log-probability). A row that has ended
-    leaves the batch (``generate`` goes on computing it to the last row's end, which on real rows was most of the
-    steps: one that runs on keeps the batch going for a hundred more)."""
+    whichever comes first (a room is one token at least): (tokens written, <eos> last where it ended; their
+    log-probability). A row that has ended leaves the batch (``generate`` goes on computing it to the last row's end,
+    which on real rows was most of the steps: one that runs on keeps the batch going for a hundred more)."""
     out = model(**inputs, use_cache=True)
-    cache, name = _cache_io(model, out)
+    cache, name = _cache_of(out), _cache_name(model)
     logits = out.logits[:, -1]
     mask, positions = inputs["attention_mask"], inputs["position_ids"][:, -1:]
     written: list[list[int]] = [[] for _ in rooms]
     scores = [0.0] * len(rooms)
-    rows = [k for k, room in enumerate(rooms) if room > 0]  # the rows still writing, in the batch's order
-    if len(rows) < len(rooms):
-        keep = torch.tensor(rows, device=logits.device)
-        cache.reorder_cache(keep)
-        logits, mask, positions = logits[keep], mask[keep], positions[keep]
+    rows = list(range(len(rooms)))  # the rows still writing, in the batch's order
     while rows:
         best_lp, best = logits.float().log_softmax(-1).max(-1)
         going = []
