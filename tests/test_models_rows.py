@@ -135,6 +135,31 @@ def test_ctc_nbest_sums_every_path_that_spells_a_reading():
     assert ctc_nbest(lp, blank=2, beam=3)[0][0] == list(best)  # a narrow beam still finds the best reading here
 
 
+def test_ctc_nbest_prunes_labels_but_holds_the_last_through_frames_of_blank():
+    """With pruning: a label under ``prune`` at a frame starts nowhere there, but a label already being read holds
+    through it (frames that try only the blank are carried in runs). Against brute force over the paths that rule
+    allows, on 9 frames of 2 labels with two runs of frames where the blank has nearly all the mass."""
+    import itertools
+    import math
+
+    from invoice_vlm.models import ctc_nbest
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(9, 3)) * 2
+    logits[[2, 3, 4, 7], 2] = 12.0  # frames 2-4 and 7: only the blank is above e^-7 (labels held may go on)
+    lp = torch.from_numpy(logits).log_softmax(-1).numpy()
+    truth: dict[tuple, float] = {}
+    for path in itertools.product(range(3), repeat=9):
+        if any(c != 2 and lp[t, c] <= -7.0 and (t == 0 or path[t - 1] != c) for t, c in enumerate(path)):
+            continue  # a label that starts where it is pruned
+        seq = tuple(c for i, c in enumerate(path) if c != 2 and (i == 0 or c != path[i - 1]))
+        truth[seq] = truth.get(seq, 0.0) + math.exp(sum(lp[t, c] for t, c in enumerate(path)))
+    found = ctc_nbest(lp, blank=2, beam=10_000, prune=-7.0)
+    assert {tuple(ids) for ids, _ in found} == set(truth) and len(truth) > 10
+    for ids, score in found:
+        assert score == pytest.approx(math.log(truth[tuple(ids)]), abs=1e-9)
+
+
 def test_ctc_head_log_probs_sum_every_path_that_spells_a_reading(row_model):
     """CtcHead.log_probs (the score a reading the head did not propose gets in joint decoding) is the same sum over
     frame paths as the prefix beam search gives each of its readings: brute force on a 1-column row of 2 frames;

@@ -371,34 +371,55 @@ def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -7.0) 
     ``prune`` at a frame are not tried there. A beam of 1 is not the best path: it sums paths."""
     tried = logprobs > prune
     tried[:, blank] = False
+    labelled = tried.any(1)
+    # Python floats and lists: the search is scalar work, and numpy scalars cost several times more per operation.
+    # Only the columns of labels some frame tries leave the array, and the blank's (a prefix ends in a tried label):
+    # a row's frames try some 30 of the alphabet's labels. The search runs on their columns' indices.
+    keep = np.flatnonzero(tried.any(0))
+    cols = keep.tolist() + [blank]
+    b = len(cols) - 1
+    frames = logprobs[:, cols].tolist()
+    tries = iter([np.flatnonzero(t).tolist() for t in tried[np.ix_(labelled, keep)]])
+    labelled = labelled.tolist()
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, _NEG)}  # prefix -> (ends in blank, in a label)
-    # Python floats and lists: the search is scalar work, and numpy scalars cost several times more per operation
-    for row, labels in zip(logprobs.tolist(), (np.flatnonzero(t).tolist() for t in tried)):
-        p_blank = row[blank]
-        if not labels:  # only the blank, or the last label held: no new reading, the beam keeps its size
-            beams = {p: (_logaddexp(pb, pnb) + p_blank, pnb + row[p[-1]] if p else _NEG)
-                     for p, (pb, pnb) in beams.items()}
+    t = 0
+    while t < len(frames):
+        if not labelled[t]:
+            # a run of frames that try only the blank (or hold the last label): no new reading, the beam keeps its
+            # prefixes, each carried through the run at once (7 frames in 10 on real rows; the same sums in the same
+            # order as frame by frame)
+            u = t + 1
+            while u < len(frames) and not labelled[u]:
+                u += 1
+            held = {}
+            for p, (pb, pnb) in beams.items():
+                for row in frames[t:u]:
+                    pb, pnb = _logaddexp(pb, pnb) + row[b], (pnb + row[p[-1]] if p else _NEG)
+                held[p] = (pb, pnb)
+            beams, t = held, u
             continue
+        row, labels, p_blank = frames[t], next(tries), frames[t][b]
         nxt: dict[tuple[int, ...], tuple[float, float]] = {}
-
-        def add(prefix, b, nb):
-            if b == nb == _NEG:  # no path spells it (a repeated label needs a blank between)
-                return
-            ob, onb = nxt.get(prefix, (_NEG, _NEG))
-            nxt[prefix] = (_logaddexp(ob, b), _logaddexp(onb, nb))
-
+        get = nxt.get
         for prefix, (pb, pnb) in beams.items():
             total = _logaddexp(pb, pnb)
-            add(prefix, total + p_blank, _NEG)
+            if (x := total + p_blank) != _NEG:  # a blank: the prefix, ending in a blank
+                ob, onb = get(prefix, (_NEG, _NEG))
+                nxt[prefix] = (_logaddexp(ob, x), onb)
             last = prefix[-1] if prefix else None
-            if last is not None:  # the last label held for another frame
-                add(prefix, _NEG, pnb + row[last])
+            if last is not None and (x := pnb + row[last]) != _NEG:  # the last label held for another frame
+                ob, onb = get(prefix, (_NEG, _NEG))
+                nxt[prefix] = (ob, _logaddexp(onb, x))
             for c in labels:
                 # the same label again counts only after a blank; another label extends from either
-                add(prefix + (c,), _NEG, (pb if c == last else total) + row[c])
+                if (x := (pb if c == last else total) + row[c]) != _NEG:
+                    ob, onb = get(prefix + (c,), (_NEG, _NEG))
+                    nxt[prefix + (c,)] = (ob, _logaddexp(onb, x))
         scored = sorted(((_logaddexp(*v), p) for p, v in nxt.items()), key=lambda sp: -sp[0])[:beam]
         beams = {p: nxt[p] for _, p in scored}
-    return [(list(p), _logaddexp(*v)) for p, v in sorted(beams.items(), key=lambda kv: -_logaddexp(*kv[1]))]
+        t += 1
+    return [([cols[j] for j in p], _logaddexp(*v))
+            for p, v in sorted(beams.items(), key=lambda kv: -_logaddexp(*kv[1]))]
 
 
 _RESCORE_GROUP = 48  # remainders a forward pass
