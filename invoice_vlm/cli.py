@@ -228,6 +228,8 @@ def bench_predict(
                                           "-1: one a core, predict's default; 0 or 1: not)"),
     device: str = typer.Option("cpu", help="cpu | cuda: where the model reads (bf16 on a GPU)"),
     row_batch_size: int = typer.Option(64, help="a row reader: rows a forward pass"),
+    naive_pages: int = typer.Option(0, help="the naive way reads only the first N pages, the ratios' base (0: all; "
+                                            "on a GPU one generate() a row would take most of an hour of 96 pages)"),
 ) -> None:
     """Pages/s, latency and CER: one generate() per page (per row for a row reader) vs the engine, and Tesseract,
     same pages; for a page model fails unless the greedy texts are identical."""
@@ -236,7 +238,8 @@ def bench_predict(
     def go():
         rows = bench(model=model, n=n, batch_size=batch_size, max_new_tokens=max_new_tokens, quantize=int8,
                      min_new_tokens=min_new_tokens, tesseract=tesseract, ray=ray, actors=actors,
-                     prep_workers=prep_workers, device=device, row_batch_size=row_batch_size)
+                     prep_workers=prep_workers, device=device, row_batch_size=row_batch_size,
+                     naive_pages=naive_pages)
         least = f"at least {min_new_tokens} new tokens a page, " if min_new_tokens else ""
         columns = {"variant": "variant", "batch": "batch", "pages_per_s": "pages/s", "vs_naive": "vs naive",
                    "p50_s": "p50 s", "p95_s": "p95 s", "seconds": "seconds", "identical": "same text", "cer": "CER"}

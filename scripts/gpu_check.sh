@@ -27,10 +27,10 @@ status() {  # name rc seconds: one line each in $OUT/steps.jsonl
 
 if [ $DRY = 1 ]; then
   PY=${PY:-.venv/bin/python}
-  SHAPE=tiny N=4 PAGES=4 DEVICE=cpu ROWS=64
+  SHAPE=tiny N=4 PAGES=4 NAIVE=2 DEVICE=cpu ROWS=64
   TRAIN_SETS=(--set sft.bf16=false --set sft.dataloader_num_workers=1)
 else
-  SHAPE=pg2-896 N=8 PAGES=96 DEVICE=cuda ROWS=512  # a row's text does not depend on its batch: a GPU takes many
+  SHAPE=pg2-896 N=8 PAGES=96 NAIVE=4 DEVICE=cuda ROWS=512  # a row's text does not depend on its batch: a GPU takes many
   TRAIN_SETS=(--set sft.dataloader_num_workers=2)
   log "installing the carried wheels into a venv over the image's Python (its torch)"
   python3 -m venv --system-site-packages "$WORK/venv"
@@ -68,9 +68,11 @@ status estimate $? $((SECONDS - t))
 # (a) the engine
 log "engine: bench predict on $DEVICE"
 t=$SECONDS
-# (and with the pages prepared by one process a core while the GPU reads: on the H200 one Python thread preparing
-# pages had left the GPU idle)
-timeout 200 "${CLI[@]}" bench predict --device "$DEVICE" --n "$PAGES" --prep-workers "$(nproc)" \
+# The naive way (a generate() a row: on a GPU one small launch after another, 96 pages' rows would take most of the
+# time) on $NAIVE pages only; the engine in this process (its pages prepared there), then with a reading worker a core,
+# each preparing its pages and reading them with its own model on the GPU (infer.readers): one process's beam search
+# alone, 85 ms a page on this CPU, would hold it near 10 pages/s
+timeout 200 "${CLI[@]}" bench predict --device "$DEVICE" --n "$PAGES" --naive-pages "$NAIVE" --prep-workers "$(nproc)" \
   --row-batch-size "$ROWS" > "$OUT/bench-predict.txt" 2>&1
 status bench_predict $? $((SECONDS - t))
 tail -5 "$OUT/bench-predict.txt" | tee -a "$OUT/log.txt"

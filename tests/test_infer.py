@@ -220,6 +220,12 @@ def test_bench_predict_compares_with_naive_and_checks_the_text(monkeypatch, tiny
     assert variants[:2] == ["naive (generate per page)", "engine"] and variants[2].startswith("tesseract (")
     assert rows[1]["identical"] == "6/6" and rows[1]["pages_per_s"] > 0 and rows[1]["p95_s"] >= rows[1]["p50_s"]
     assert all(0 <= r["cer"] for r in rows) and rows[0]["cer"] == rows[1]["cer"]  # the same text, the same CER
+    # the naive way on the first pages only (--naive-pages: on a GPU it would take most of an hour): the ratios are
+    # of pages/s, the same-text count over those pages
+    rows = ib.bench(model=str(tiny_model), n=6, batch_size=3, max_new_tokens=6, min_new_tokens=6, naive_pages=2)
+    naive, engine = rows
+    assert naive["pages"] == 2 and engine["pages"] == 6 and engine["identical"] == "2/2"
+    assert engine["vs_naive"] == pytest.approx(engine["pages_per_s"] / naive["pages_per_s"], rel=0.01, abs=0.01)
 
 
 def test_bench_predict_on_a_device_with_its_row_batch_and_a_missing_gpu_as_one_line(monkeypatch, row_model_ctc,

@@ -129,10 +129,10 @@ class Predictor:
                         pages: int | None = None, **kwargs) -> "Predictor":
         """``device``: cpu | cuda (default: cuda when available); ``dtype``: float32 | bfloat16 | float16 (default:
         ``default_dtype``; fp32 under int8); ``quantize``: ``int8`` (CPU); ``compile``: wrap the forward in
-        torch.compile. A row reader with ``workers`` (2 or more): on a CPU each worker reads whole batches of pages
-        with its own copy of the model (``infer.readers``), unless it reads with its CTC head alone or
-        ``read_in_workers`` is False (the server's batches are read in its own process); otherwise the workers
-        prepare pages for the model. ``pages``: how many the caller will read, where it knows: a reading worker
+        torch.compile. A row reader with ``workers`` (2 or more): each worker reads whole batches of pages with its
+        own copy of the model on ``device`` (``infer.readers``; on a GPU they share it), unless it reads with its CTC
+        head alone or ``read_in_workers`` is False (the server's batches are read in its own process); otherwise the
+        workers prepare pages for the model. ``pages``: how many the caller will read, where it knows: a reading worker
         for every two batches of them at most, and none below two such workers. A worker's start costs a core
         seconds and a batch's reading time varies with its pages, so few pages read sooner in one process (the
         whole command, real 200-dpi pages, batches of 8: a page 6.9 s in one process, 12.8 s with two reading
@@ -154,9 +154,12 @@ class Predictor:
         pool = readers = None
         if workers >= 2 and reading_unit_of(name_or_path) is not None:
             # the workers read where the reading is the work: not with the CTC head alone (a page read in 150 ms,
-            # prepared in 100-250), where a worker's start (torch and the model, seconds) would cost more than it saves
+            # prepared in 100-250), where a worker's start (torch and the model, seconds) would cost more than it saves.
+            # On a GPU too: there the decoder's passes are quick, but a page's beam search (85 ms of Python on 100-dpi
+            # pages) and the Python around the passes would hold one process to some 10 pages/s; a worker a core
+            # runs them side by side (docs/embedded-model.md section 12)
             if read_in_workers is None:
-                read_in_workers = device == "cpu" and kwargs.get("decode", "auto") != "ctc"
+                read_in_workers = kwargs.get("decode", "auto") != "ctc"
                 if pages is not None:  # two batches a worker at least (see the docstring)
                     readers_for = min(workers, -(-pages // max(1, kwargs.get("batch_size", 8))) // 2)
                     read_in_workers = read_in_workers and readers_for >= 2
@@ -165,8 +168,8 @@ class Predictor:
                 from .readers import ReaderPool
 
                 own = {k: v for k, v in kwargs.items() if k != "workers"}
-                readers = ReaderPool(workers, name_or_path, dict(own, dtype=dtype, quantize=quantize, compile=compile),
-                                     prepare_workers(-1))
+                readers = ReaderPool(workers, name_or_path, dict(own, device=device, dtype=dtype, quantize=quantize,
+                                                                 compile=compile), prepare_workers(-1))
             else:
                 pool = prepare_pool(workers)
         try:

@@ -1,12 +1,13 @@
-"""Pages read by worker processes that each hold their own copy of a row reader: how its pages go fastest on a CPU.
+"""Pages read by worker processes that each hold their own copy of a row reader: how its pages go fastest.
 
 A row reader is small (5M parameters) and its work comes in small pieces: the tower over a few dozen rows, a
 teacher-forced pass, a CTC beam search in Python. Two threads in one process read 16 pages 1.4x faster than one
 thread; two processes of one thread each read twice the pages in the same time, and each runs its beam search
 on its own core (docs/embedded-model.md section 10). So on a CPU each worker takes whole batches of pages,
 prepares them (``rows.page_rows``) and reads them with its own model, one thread per core it is given; the
-model's process only decodes the files and hands the pages out. A GPU keeps one model in one process, its pages
-prepared by workers (``infer.prepare_pool``).
+model's process only decodes the files and hands the pages out. On a GPU the workers share it, each with its own
+model there: the decoder's passes take little of the GPU, while a page's beam search and the Python around the passes
+(a core's work, 85 ms a page for the beam alone) would hold one process to some 10 pages/s.
 
 A row's text does not depend on its batch, so the pages may go to any worker in any grouping: the texts are those
 of one process, except where bf16 arithmetic split over another number of threads tips a near tie (one row of
@@ -22,7 +23,8 @@ _READER = None  # a worker's own Predictor
 
 
 def _start_reader(model: str, threads: int, kwargs: dict[str, Any]) -> None:
-    """A reader process: ``threads`` for torch (and one for OpenCV), then the model, as the caller loads it."""
+    """A reader process: ``threads`` for torch (and one for OpenCV), then the model, as the caller loads it
+    (``kwargs``: ``Predictor.from_pretrained``'s, the device among them)."""
     import torch
 
     from ..rows import prepare_worker
@@ -34,7 +36,7 @@ def _start_reader(model: str, threads: int, kwargs: dict[str, Any]) -> None:
 
     logging.disable_progress_bar()  # the caller's own load shows one
     global _READER
-    _READER = Predictor.from_pretrained(model, device="cpu", workers=0, **kwargs)
+    _READER = Predictor.from_pretrained(model, **{"device": "cpu", **kwargs, "workers": 0})
 
 
 def _read(images: list, prompt: str, settings: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
