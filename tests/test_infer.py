@@ -369,12 +369,13 @@ def test_the_workers_read_on_a_cpu_unless_the_head_reads_alone_or_told_not_or_fo
 
 
 def test_a_free_worker_takes_its_share_of_the_end_of_a_stream():
-    """Guided self-scheduling: its even share of the pages left and of those the others are still reading, at
-    most a batch, at least a page."""
+    """Factoring: half its even share of the pages left and of those the others are still reading, at most a
+    batch, at least a page."""
     from invoice_vlm.infer.readers import piece
 
-    assert piece(32, [0, 0], 16) == 16 and piece(16, [16, 0], 16) == 16  # 32 pages, 2 workers: 16 each
-    assert piece(16, [8, 0], 8) == 8 and piece(4, [8, 0], 8) == 4  # a batch at most; all 4 beside the other's 8
+    assert piece(32, [0, 0], 16) == 8 and piece(16, [16, 0], 16) == 8  # 32 pages, 2 workers: 8 each, then less
+    assert piece(40, [0, 0], 8) == 8 and piece(16, [8, 0], 8) == 6  # a batch at most
+    assert piece(4, [8, 0], 8) == 3 and piece(3, [0, 3], 8) == 2 and piece(1, [0, 1], 8) == 1  # then ever less
     assert piece(4, [0, 0, 0, 0], 16) == 1 and piece(1, [0, 9], 16) == 1
 
 

@@ -50,10 +50,12 @@ def _read(images: list, prompt: str, settings: dict[str, Any]) -> tuple[list[str
 
 
 def piece(left: int, loads: list[int], batch_size: int) -> int:
-    """How many of the ``left`` pages at the end of a stream a worker that has come free takes: its even share of
-    what is left and of the pages the others are still reading (``loads``, the free one's 0), so that they finish
-    together; at most ``batch_size``, at least one (guided self-scheduling)."""
-    return min(left, batch_size, max(1, -(-(left + sum(loads)) // len(loads))))
+    """How many of the ``left`` pages at the end of a stream a worker that has come free takes: half its even share
+    of what is left and of the pages the others are still reading (``loads``, the free one's 0), at most
+    ``batch_size``, at least one (factoring, Hummel, Schonberg and Flynn 1992). A whole even share (guided
+    self-scheduling) assumes pages cost alike; a real page's reading costs 0.6-3.3 s of a core, and a last batch of
+    8 long pages kept one worker reading 7 s after the other had finished (docs/embedded-model.md section 12)."""
+    return min(left, batch_size, max(1, -(-(left + sum(loads)) // (2 * len(loads)))))
 
 
 class ReaderPool:
