@@ -369,14 +369,61 @@ def test_the_workers_read_on_a_cpu_unless_the_head_reads_alone_or_told_not_or_fo
 
 
 def test_a_free_worker_takes_its_share_of_the_end_of_a_stream():
-    """Factoring: half its even share of the pages left and of those the others are still reading, at most a
-    batch, at least a page."""
-    from invoice_vlm.infer.readers import piece
+    """Guided self-scheduling: its even share of the pages left and of those the others are still reading, at most
+    a batch, at least a page; half that share (factoring) once batches have read at uneven seconds a page."""
+    from invoice_vlm.infer.readers import UNEVEN, piece
 
-    assert piece(32, [0, 0], 16) == 8 and piece(16, [16, 0], 16) == 8  # 32 pages, 2 workers: 8 each, then less
-    assert piece(40, [0, 0], 8) == 8 and piece(16, [8, 0], 8) == 6  # a batch at most
-    assert piece(4, [8, 0], 8) == 3 and piece(3, [0, 3], 8) == 2 and piece(1, [0, 1], 8) == 1  # then ever less
+    assert piece(32, [0, 0], 16) == 16 and piece(16, [16, 0], 16) == 16  # 32 pages, 2 workers: 16 each
+    assert piece(16, [8, 0], 8) == 8 and piece(4, [8, 0], 8) == 4  # a batch at most; all 4 beside the other's 8
     assert piece(4, [0, 0, 0, 0], 16) == 1 and piece(1, [0, 9], 16) == 1
+    # uneven pages: the last 8 beside the other's 8 go in pieces of 4, 2, 1
+    assert piece(8, [0, 8], 8, spread=UNEVEN * 0.99) == 8 and piece(8, [0, 8], 8, spread=UNEVEN) == 4
+    assert piece(4, [4, 0], 8, spread=2.0) == 2 and piece(1, [0, 2], 8, spread=2.0) == 1
+
+
+def test_the_end_of_a_stream_goes_in_smaller_pieces_once_batches_read_unevenly():
+    """The pool learns each batch's seconds a page from the worker's own counters, and shares the end of a stream
+    by their spread (``piece``): pages given out as the workers come free, in input order, none lost."""
+    from concurrent.futures import Future
+
+    from invoice_vlm.infer import readers as rd
+
+    pool = rd.ReaderPool.__new__(rd.ReaderPool)  # (no processes: submit is replaced below)
+    import threading
+
+    pool.pools, pool._loads, pool._rates, pool._changed = [None, None], [0, 0], [], threading.Condition()
+    given = []
+    seconds = iter([1.0, 3.0] + [1.0] * 20)  # the second batch reads at 3 s a page, the others at 1
+
+    def submit(images, prompt, worker, settings=None):
+        f = Future()
+        with pool._changed:
+            pool._loads[worker] += len(images)
+        given.append(len(images))
+        texts = [f"page {im}" for im in images]
+        per_page = next(seconds)
+        with pool._changed:
+            pool._loads[worker] -= len(images)
+            pool._rates.append(per_page)
+            pool._changed.notify_all()
+        f.set_result((texts, {"pages": len(images), "prepare_seconds": 0.0, "generate_seconds": per_page}))
+        return f
+
+    pool.wait_ready = lambda: None
+    pool.submit = submit
+    stats: dict = {}
+    out = list(pool.stream(((k, _Grey(k)) for k in range(20)), "ocr", 4, stats))
+    assert [k for k, _ in out] == list(range(20)) and out[3][1] == "page 3" and stats["pages"] == 20
+    # 12 pages in full batches of 4 while more were coming (4 + 8 ahead), then the last 8: after a batch at 3 s a page
+    # beside batches at 1, in pieces of half a share (2, 2, 1, 1, 1, 1) rather than whole ones (4, 2, 1, 1)
+    assert given[:3] == [4, 4, 4] and sum(given) == 20 and given[3:] == [2, 2, 1, 1, 1, 1]
+
+
+class _Grey(int):
+    """A stand-in page: ``convert`` gives itself (the pool sends pages grey)."""
+
+    def convert(self, mode):
+        return self
 
 
 def test_a_reader_whose_model_will_not_load_says_why():

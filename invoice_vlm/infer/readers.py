@@ -49,13 +49,21 @@ def _read(images: list, prompt: str, settings: dict[str, Any]) -> tuple[list[str
     return texts, {k: v - before[k] for k, v in _READER.stats.items()}
 
 
-def piece(left: int, loads: list[int], batch_size: int) -> int:
-    """How many of the ``left`` pages at the end of a stream a worker that has come free takes: half its even share
-    of what is left and of the pages the others are still reading (``loads``, the free one's 0), at most
-    ``batch_size``, at least one (factoring, Hummel, Schonberg and Flynn 1992). A whole even share (guided
-    self-scheduling) assumes pages cost alike; a real page's reading costs 0.6-3.3 s of a core, and a last batch of
-    8 long pages kept one worker reading 7 s after the other had finished (docs/embedded-model.md section 12)."""
-    return min(left, batch_size, max(1, -(-(left + sum(loads)) // (2 * len(loads)))))
+# Batches whose seconds a page (the workers' own, preparing and reading) differ by this factor or more: the pages cost
+# unevenly, and the end of a stream is shared out in smaller pieces (``piece``)
+UNEVEN = 1.5
+
+
+def piece(left: int, loads: list[int], batch_size: int, spread: float = 1.0) -> int:
+    """How many of the ``left`` pages at the end of a stream a worker that has come free takes: its even share of
+    what is left and of the pages the others are still reading (``loads``, the free one's 0), at most
+    ``batch_size``, at least one (guided self-scheduling); half that share where the batches read so far took
+    seconds a page that differ by ``spread`` >= UNEVEN (factoring, Hummel, Schonberg and Flynn 1992). A whole share
+    suits pages that cost alike (32 synthetic pages in two batches of 16: 14.8 s; in pieces of 8 down to 1: 16.4 s);
+    a real page costs 0.6-3.3 s of a core, and a last batch of 8 long ones kept one worker reading 7 s after the
+    other had finished (docs/embedded-model.md section 12)."""
+    share = -(-(left + sum(loads)) // ((2 if spread >= UNEVEN else 1) * len(loads)))
+    return min(left, batch_size, max(1, share))
 
 
 class ReaderPool:
@@ -75,6 +83,7 @@ class ReaderPool:
         # failure there is the task's, raised as it was (an initializer's would only break the pool)
         self._started = [p.submit(_start_reader, model, threads, kwargs) for p in self.pools]
         self._loads = [0] * workers  # pages given to each worker and not yet read
+        self._rates: list[float] = []  # seconds a page of each batch read (the worker's own: preparing, reading)
         self._changed = threading.Condition()
         self._next = 0
 
@@ -92,9 +101,12 @@ class ReaderPool:
             self._loads[worker] += len(images)
         f = self.pools[worker].submit(_read, images, prompt, settings or {})
 
-        def done(_, n=len(images)):
+        def done(f, n=len(images)):
             with self._changed:
                 self._loads[worker] -= n
+                if not f.cancelled() and f.exception() is None:
+                    gained = f.result()[1]
+                    self._rates.append((gained["prepare_seconds"] + gained["generate_seconds"]) / n)
                 self._changed.notify_all()
 
         f.add_done_callback(done)
@@ -155,7 +167,8 @@ class ReaderPool:
                     if (worker := free()) is None:
                         return
                     with self._changed:
-                        n = piece(len(buf), list(self._loads), batch_size)
+                        spread = max(self._rates) / max(1e-9, min(self._rates)) if self._rates else 1.0
+                        n = piece(len(buf), list(self._loads), batch_size, spread)
                     give(buf[:n], worker)
                     del buf[:n]
             except BaseException as e:
