@@ -71,7 +71,7 @@ t=$SECONDS
 # The naive way (a generate() a row: on a GPU one small launch after another, 96 pages' rows would take most of the
 # time) on $NAIVE pages only; the engine in this process (its pages prepared there), then with a reading worker a core,
 # each preparing its pages and reading them with its own model on the GPU (infer.readers): one process's beam search
-# alone, 85 ms a page on this CPU, would hold it near 10 pages/s
+# alone, 58-62 ms a page on this CPU, would hold it near 10 pages/s
 timeout 200 "${CLI[@]}" bench predict --device "$DEVICE" --n "$PAGES" --naive-pages "$NAIVE" --prep-workers "$(nproc)" \
   --row-batch-size "$ROWS" > "$OUT/bench-predict.txt" 2>&1
 status bench_predict $? $((SECONDS - t))

@@ -155,7 +155,7 @@ class Predictor:
         if workers >= 2 and reading_unit_of(name_or_path) is not None:
             # the workers read where the reading is the work: not with the CTC head alone (a page read in 150 ms,
             # prepared in 100-250), where a worker's start (torch and the model, seconds) would cost more than it saves.
-            # On a GPU too: there the decoder's passes are quick, but a page's beam search (85 ms of Python on 100-dpi
+            # On a GPU too: there the decoder's passes are quick, but a page's beam search (58 ms of Python on 100-dpi
             # pages) and the Python around the passes would hold one process to some 10 pages/s; a worker a core
             # runs them side by side (docs/embedded-model.md section 12)
             if read_in_workers is None:

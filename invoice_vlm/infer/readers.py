@@ -7,7 +7,7 @@ on its own core (docs/embedded-model.md section 10). So on a CPU each worker tak
 prepares them (``rows.page_rows``) and reads them with its own model, one thread per core it is given; the
 model's process only decodes the files and hands the pages out. On a GPU the workers share it, each with its own
 model there: the decoder's passes take little of the GPU, while a page's beam search and the Python around the passes
-(a core's work, 85 ms a page for the beam alone) would hold one process to some 10 pages/s.
+(a core's work, 58-62 ms a page for the beam alone) would hold one process to some 10 pages/s.
 
 A row's text does not depend on its batch, so the pages may go to any worker in any grouping: the texts are those
 of one process, except where bf16 arithmetic split over another number of threads tips a near tie (one row of
