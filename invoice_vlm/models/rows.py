@@ -413,8 +413,9 @@ def ctc_nbest(logprobs: np.ndarray, blank: int, beam: int, prune: float = -7.0) 
             for c in labels:
                 # the same label again counts only after a blank; another label extends from either
                 if (x := (pb if c == last else total) + row[c]) != _NEG:
-                    ob, onb = get(prefix + (c,), (_NEG, _NEG))
-                    nxt[prefix + (c,)] = (ob, _logaddexp(onb, x))
+                    longer = prefix + (c,)
+                    ob, onb = get(longer, (_NEG, _NEG))
+                    nxt[longer] = (ob, _logaddexp(onb, x))
         scored = sorted(((_logaddexp(*v), p) for p, v in nxt.items()), key=lambda sp: -sp[0])[:beam]
         beams = {p: nxt[p] for _, p in scored}
         t += 1
